@@ -1,0 +1,108 @@
+"""``CatDogDataModule``: ImageFolder over ``{root}/{train,test}/{cats,dogs}``, preprocessed as the seed did."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import ImageFolder
+
+from catdog import CLASSES, CatDogError
+from catdog.model import INPUT_SIZE
+from catdog.prepare import MICROSOFT_URL, prepare
+from catdog.preprocess import Preprocess, load_rgb
+
+
+def default_workers() -> int:
+    """Loader processes: one per core, at most 8 (decode + resize of a 20-image batch is cheap next to a step)."""
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def image_folder(path: Path, transform: Preprocess) -> ImageFolder:
+    """An ImageFolder that must hold exactly the classes cats and dogs (so cats=0, dogs=1)."""
+    if not path.is_dir():
+        raise CatDogError(f"{path} is not a folder; expected {path}/cats and {path}/dogs")
+    found = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    if tuple(found) != CLASSES:
+        raise CatDogError(f"{path} has class folders {found}; expected exactly {list(CLASSES)}")
+    try:
+        return ImageFolder(str(path), transform=transform, loader=load_rgb, target_transform=_as_float)
+    except FileNotFoundError as err:
+        raise CatDogError(f"{path}: {err}") from err
+
+
+def _as_float(label: int) -> torch.Tensor:
+    return torch.tensor([float(label)])  # shape (1,), like the model's logit
+
+
+class CatDogDataModule(pl.LightningDataModule):
+    """Train on ``root/train``, validate (and test) on ``root/test``, as the seed did.
+
+    ``val_fraction > 0`` instead carves a validation set out of ``train`` (deterministic for ``split_seed``),
+    keeping ``test`` untouched for the final number. ``source`` is prepared into ``root`` when it is missing.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/processed_data",
+        source: str | None = MICROSOFT_URL,
+        batch_size: int = 20,
+        image_size: tuple[int, int] = INPUT_SIZE,
+        interpolation: str = "nearest",
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        val_fraction: float = 0.0,
+        split_seed: int = 0,
+        test_fraction: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.source = source
+        self.batch_size = batch_size
+        self.preprocess = Preprocess(tuple(image_size), interpolation)
+        self.num_workers = default_workers() if num_workers is None else num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.test_fraction = test_fraction
+        self.train_set: Dataset | None = None
+
+    def prepare_data(self) -> None:
+        if not self.root.exists():
+            if not self.source:
+                raise CatDogError(f"{self.root} does not exist; set data.source=/path/to/train.zip (or a URL)")
+            prepare(self.source, self.root, test_fraction=self.test_fraction, seed=self.split_seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train = image_folder(self.root / "train", self.preprocess)
+        self.test_set = image_folder(self.root / "test", self.preprocess)
+        if self.val_fraction > 0:
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+            n_val = round(len(train) * self.val_fraction)
+            self.train_set, self.val_set = Subset(train, order[n_val:]), Subset(train, order[:n_val])
+        else:
+            self.train_set, self.val_set = train, self.test_set
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)

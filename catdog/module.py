@@ -1,0 +1,96 @@
+"""``CatDogModule``: the seed's training recipe (binary cross-entropy, RMSprop, accuracy) around ``CatDogCNN``."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import BinaryAccuracy
+
+from catdog.model import CatDogCNN
+
+
+class KerasRMSprop(torch.optim.Optimizer):
+    """RMSprop exactly as Keras 3 updates: ``v = rho*v + (1-rho)*g^2;  p -= lr * g / sqrt(v + eps)``.
+
+    ``torch.optim.RMSprop`` adds eps *outside* the square root (``sqrt(v) + eps``); with Keras's eps of 1e-7
+    the two differ for parameters with tiny gradients, so the seed's optimizer is reproduced here.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, rho: float = 0.9, eps: float = 1e-7, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            velocity = [self.state[p].setdefault("velocity", torch.zeros_like(p)) for p in params]
+            torch._foreach_mul_(velocity, group["rho"])
+            torch._foreach_addcmul_(velocity, grads, grads, value=1 - group["rho"])
+            denom = torch._foreach_add(velocity, group["eps"])
+            torch._foreach_sqrt_(denom)
+            torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
+        return loss
+
+
+class CatDogModule(pl.LightningModule):
+    """Trains ``CatDogCNN`` with BCE-with-logits (the stable form of sigmoid + binary cross-entropy).
+
+    Logs ``train_loss``/``train_acc``/``val_loss``/``val_acc`` per epoch and ``test_loss``/``test_acc``.
+    All arguments are saved as hyper-parameters, so ``CatDogModule.load_from_checkpoint(path)`` needs no config.
+    """
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        rho: float = 0.9,
+        eps: float = 1e-7,
+        weight_decay: float = 0.0,
+        init: str = "keras",
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = CatDogCNN(init=init)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.metrics = torch.nn.ModuleDict({f"{s}_acc": BinaryAccuracy() for s in ("train", "val", "test")})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.binary_cross_entropy_with_logits(logits, y)
+        accuracy = self.metrics[f"{stage}_acc"]
+        accuracy(logits, y)  # torchmetrics applies the sigmoid to logits and thresholds at 0.5
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        if stage == "train":  # a running loss in the progress bar; the epoch means above go to the loggers
+            self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        h = self.hparams
+        return KerasRMSprop(self.parameters(), lr=h.lr, rho=h.rho, eps=h.eps, weight_decay=h.weight_decay)

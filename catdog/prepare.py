@@ -1,0 +1,289 @@
+"""Turn a cats-vs-dogs download into ``{root}/{train,test}/{cats,dogs}``, as the seed had it.
+
+Sources: Kaggle's ``train.zip`` or ``dogs-vs-cats.zip`` (``train.zip`` inside), the extracted Kaggle folder
+(``cat.N.jpg``, ``dog.N.jpg``), Microsoft's ``kagglecatsanddogs_5340.zip`` or its ``PetImages/{Cat,Dog}`` folder,
+or an http(s) URL (downloaded once, then treated as a zip). A file's class comes from its parent folder
+(``Cat``, ``cats``, ...) or, failing that, from its name (``cat.12.jpg``).
+
+Every image is decoded once; files that do not decode are skipped and listed in ``prepare_report.txt``.
+The source is never modified, and the split is built in a temporary folder that is renamed into place only
+when complete, so an interrupted run leaves nothing half-written.
+
+    python -m catdog.prepare source=/path/to/train.zip [root=data/processed_data] [test_fraction=0.2] [seed=0]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import shutil
+import sys
+import tempfile
+import urllib.request
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from PIL import Image
+
+from catdog import CLASSES, CatDogError
+
+MICROSOFT_URL = (
+    "https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip"
+)
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+_FOLDER_LABELS = {"cat": "cats", "cats": "cats", "dog": "dogs", "dogs": "dogs"}
+
+
+@dataclass
+class Entry:
+    """One candidate image in the source: its name there, its class, and how to read its bytes."""
+
+    name: str
+    label: str
+    read: Callable[[], bytes]
+    path: Path | None = None  # set for files in a folder, so they can be hard-linked
+
+
+def label_of(name: str) -> str | None:
+    """``PetImages/Cat/1.jpg`` -> cats; ``train/dog.7.jpg`` -> dogs; anything else -> None."""
+    path = PurePosixPath(name)
+    if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return None  # .DS_Store, Thumbs.db, hidden files, non-images by name
+    if path.parent.name.lower() in _FOLDER_LABELS:
+        return _FOLDER_LABELS[path.parent.name.lower()]
+    return _FOLDER_LABELS.get(path.name.split(".")[0].lower())
+
+
+def _zip_entries(archive: zipfile.ZipFile, prefix: str = "") -> Iterator[Entry]:
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        if PurePosixPath(info.filename).name.lower() == "train.zip":  # Kaggle's dogs-vs-cats.zip nests it
+            inner = zipfile.ZipFile(io.BytesIO(archive.read(info)))
+            yield from _zip_entries(inner, prefix + info.filename + "!")
+            continue
+        label = label_of(info.filename)
+        if label:
+            yield Entry(prefix + info.filename, label, lambda info=info: archive.read(info))
+
+
+def _folder_entries(folder: Path) -> Iterator[Entry]:
+    for dirpath, dirnames, filenames in os.walk(folder):  # os.walk does not follow symlinked folders: no loops
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            path = Path(dirpath, filename)
+            label = label_of(path.relative_to(folder).as_posix())
+            if label and path.is_file():
+                yield Entry(path.relative_to(folder).as_posix(), label, path.read_bytes, path)
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
+    """Fetch ``url`` to ``dest`` once: a ``.part`` file, checked (length, SHA-256), then renamed into place."""
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            from tqdm import tqdm
+
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        size = part.stat().st_size
+        if total is not None and size != total:
+            raise CatDogError(f"download of {url} is incomplete ({size} of {total} bytes); run again to retry")
+        if sha256 and digest.hexdigest() != sha256.lower():
+            raise CatDogError(f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256}")
+    except OSError as err:
+        part.unlink(missing_ok=True)
+        raise CatDogError(f"cannot download {url}: {err}") from err
+    except CatDogError:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, dest)
+    print(f"Downloaded {dest} ({size:,} bytes, SHA-256 {digest.hexdigest()})")
+    return dest
+
+
+def decodes(data: bytes) -> str | None:
+    """None if ``data`` is a complete image PIL can decode, else the reason it is not."""
+    if not data:
+        return "empty file"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+    except Image.DecompressionBombError as err:  # also raised for the warning, turned into an error above
+        return f"refused, too many pixels ({err})"
+    except Image.DecompressionBombWarning as err:
+        return f"refused, too many pixels ({err})"
+    except Exception as err:  # PIL raises many types for broken files
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def split(entries: list[Entry], test_fraction: float, seed: int) -> dict[str, list[Entry]]:
+    """Stratified, deterministic: per class, names sorted then shuffled with ``seed``; the first part is test."""
+    out: dict[str, list[Entry]] = {"train": [], "test": []}
+    for label in CLASSES:
+        members = sorted((e for e in entries if e.label == label), key=_target_name)
+        random.Random(f"{seed}-{label}").shuffle(members)
+        n_test = round(len(members) * test_fraction)
+        out["test"] += members[:n_test]
+        out["train"] += members[n_test:]
+    return out
+
+
+def _target_name(entry: Entry) -> str:
+    """The file name in the class folder: ``cat.12.jpg`` stays, ``PetImages/Cat/12.jpg`` becomes ``cat.12.jpg``."""
+    name = PurePosixPath(entry.name.split("!")[-1]).name
+    prefix = entry.label[:-1] + "."
+    return name if name.lower().startswith(prefix) else prefix + name
+
+
+def prepare(
+    source: str | os.PathLike = MICROSOFT_URL,
+    root: str | os.PathLike = "data/processed_data",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    sha256: str | None = None,
+    download_dir: str | os.PathLike = "data/downloads",
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build ``root/{train,test}/{cats,dogs}`` from ``source``; returns ``root``. Does nothing if ``root`` exists."""
+    root = Path(root)
+    if root.exists() and not force:
+        print(f"{root} exists; nothing to do (force=true rebuilds it)")
+        return root
+    if not 0 < test_fraction < 1:
+        raise CatDogError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    source = str(source)
+    if is_url(source):
+        source = str(download(source, Path(download_dir) / Path(source.split("?")[0]).name, sha256, progress))
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise CatDogError(f"data source {source} does not exist; give a zip, a folder or a URL (data.source=...)")
+    if path.is_dir():
+        entries = list(_folder_entries(path))
+    else:
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise CatDogError(f"data source {source} is not a readable zip file ({err})") from err
+        entries = list(_zip_entries(archive))
+    counts = {label: sum(e.label == label for e in entries) for label in CLASSES}
+    if not all(counts.values()):
+        raise CatDogError(
+            f"data source {source} has {counts['cats']} cat and {counts['dogs']} dog images; need both "
+            "(Kaggle's cat.N.jpg/dog.N.jpg or PetImages/Cat, PetImages/Dog)"
+        )
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        kept, skipped = _copy_decodable(entries, staging / "all", progress)
+        for part, members in split(kept, test_fraction, seed).items():
+            for label in CLASSES:
+                (staging / part / label).mkdir(parents=True)
+            for entry in members:
+                name = _target_name(entry)
+                os.replace(staging / "all" / entry.label / name, staging / part / entry.label / name)
+        shutil.rmtree(staging / "all")
+        (staging / "prepare_report.txt").write_text(
+            f"source: {source}\nseed: {seed}\ntest_fraction: {test_fraction}\n"
+            f"skipped {len(skipped)} file(s) that do not decode:\n" + "".join(f"{n}\t{why}\n" for n, why in skipped)
+        )
+        if root.exists():  # force=true: swap the old split out only now that the new one is complete
+            old = root.with_name(f".{root.name}-old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(root, old)
+            os.replace(staging, root)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for part in ("train", "test"):
+        n = sum(1 for label in CLASSES for _ in (root / part / label).iterdir())
+        print(f"Found {n} images belonging to 2 classes. ({root / part})")
+    if skipped:
+        print(f"Skipped {len(skipped)} file(s) that do not decode; see {root / 'prepare_report.txt'}")
+    return root
+
+
+def _copy_decodable(entries: list[Entry], dest: Path, progress: bool) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """Read and decode each entry once; write the good ones to ``dest/{label}/``; return (kept, skipped)."""
+    from tqdm import tqdm
+
+    kept, skipped = [], []
+    for label in CLASSES:
+        (dest / label).mkdir(parents=True)
+    for entry in tqdm(entries, desc="prepare", unit="img", disable=not progress):
+        data = entry.read()
+        reason = decodes(data)
+        if reason:
+            skipped.append((entry.name, reason))
+            continue
+        target = dest / entry.label / _target_name(entry)
+        if target.exists():
+            skipped.append((entry.name, f"duplicate of another source file named {target.name}"))
+            continue
+        try:
+            if entry.path is None:
+                raise OSError
+            os.link(entry.path, target)  # no copy where the filesystem allows
+        except OSError:
+            target.write_bytes(data)
+        kept.append(entry)
+    return kept, skipped
+
+
+@dataclass
+class PrepareConfig:
+    source: str = MICROSOFT_URL
+    root: str = "data/processed_data"
+    test_fraction: float = 0.2
+    seed: int = 0
+    sha256: str | None = None
+    download_dir: str = "data/downloads"
+    force: bool = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(PrepareConfig), OmegaConf.from_dotlist(argv or sys.argv[1:]))
+        prepare(**OmegaConf.to_container(cfg))
+    except CatDogError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # bad key=value from the command line (omegaconf's errors)
+        if type(err).__module__.startswith("omegaconf"):
+            print(
+                f"error: {str(err).splitlines()[0]} (usage: python -m catdog.prepare source=PATH_OR_URL)",
+                file=sys.stderr,
+            )
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

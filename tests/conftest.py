@@ -1,0 +1,69 @@
+"""Shared test helpers: small generated pictures in every source layout (no downloaded data needed)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (40, 30), label: str = "cats") -> bytes:
+    """A small JPEG whose colour depends on the class, so a tiny training run has something to learn."""
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    array[..., 0 if label == "cats" else 2] //= 4
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def kaggle_names(n: int) -> dict[str, str]:
+    """{file name: class} in Kaggle's layout: cat.0.jpg, dog.0.jpg, ..."""
+    return {f"{animal}.{i}.jpg": f"{animal}s" for animal in ("cat", "dog") for i in range(n)}
+
+
+def write_folder(folder: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def write_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.fixture
+def kaggle_files() -> dict[str, bytes]:
+    """20 cats and 20 dogs as in Kaggle's train.zip, plus junk that prepare must skip or ignore."""
+    files = {f"train/{name}": jpeg_bytes(i, label=label) for i, (name, label) in enumerate(kaggle_names(20).items())}
+    files["train/cat.100.jpg"] = b""  # empty
+    files["train/dog.100.jpg"] = jpeg_bytes(1)[:200]  # truncated
+    files["train/dog.101.jpg"] = b"not an image at all" * 10  # random bytes named .jpg
+    files["train/.DS_Store"] = b"junk"
+    files["train/Thumbs.db"] = b"junk"
+    return files
+
+
+def make_tree(root: Path, n_train: int, n_test: int) -> Path:
+    """A prepared ``{train,test}/{cats,dogs}`` tree of tiny JPEGs, ``n_train`` + ``n_test`` per class."""
+    for part, n in (("train", n_train), ("test", n_test)):
+        for k, label in enumerate(("cats", "dogs")):
+            for i in range(n):
+                path = root / part / label / f"{label[:-1]}.{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(jpeg_bytes(1000 * k + i + (500 if part == "test" else 0), label=label))
+    return root
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    """A prepared tree of 24 + 8 images per class."""
+    return make_tree(tmp_path / "processed", 24, 8)

@@ -1,0 +1,43 @@
+import torch
+
+from catdog.module import CatDogModule, KerasRMSprop
+
+
+def test_keras_rmsprop_matches_the_keras_formula():
+    torch.manual_seed(0)
+    p = torch.randn(5, requires_grad=True)
+    reference, velocity = p.detach().clone(), torch.zeros(5)
+    opt = KerasRMSprop([p], lr=1e-2, rho=0.9, eps=1e-7)
+    for _ in range(3):
+        grad = torch.randn(5) * 1e-4  # tiny gradients: where eps inside vs outside the sqrt matters
+        p.grad = grad.clone()
+        opt.step()
+        velocity = 0.9 * velocity + 0.1 * grad**2
+        reference -= 1e-2 * grad / torch.sqrt(velocity + 1e-7)
+    torch.testing.assert_close(p.detach(), reference)
+    torch_opt_p = reference.clone().requires_grad_()
+    torch_opt_p.grad = grad
+    torch.optim.RMSprop([torch_opt_p], lr=1e-2, alpha=0.9, eps=1e-7).step()
+    assert not torch.allclose(torch_opt_p, reference - 1e-2 * grad / torch.sqrt(0.1 * grad**2 + 1e-7))
+
+
+def test_training_runs_and_checkpoint_reloads_without_config(tmp_path):
+    import pytorch_lightning as pl
+
+    torch.manual_seed(0)
+    x = torch.rand(40, 3, 150, 150)
+    y = (x[:, 0].mean((1, 2)) > x[:, 2].mean((1, 2))).float()[:, None]
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=20)
+    module = CatDogModule(lr=1e-4, channels_last=True)
+    trainer = pl.Trainer(
+        max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    trainer.fit(module, loader, loader)
+    assert "val_acc" in trainer.callback_metrics and "train_loss" in trainer.callback_metrics
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    reloaded = CatDogModule.load_from_checkpoint(tmp_path / "m.ckpt")
+    assert reloaded.hparams.lr == 1e-4 and reloaded.hparams.channels_last
+    module.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x[:4]), module(x[:4]))

@@ -1,0 +1,141 @@
+import hashlib
+import http.server
+import threading
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from catdog import CatDogError
+from catdog.prepare import label_of, main, prepare
+from tests.conftest import jpeg_bytes, write_folder, write_zip
+
+
+def tree(root: Path) -> dict[str, list[str]]:
+    return {
+        f"{p}/{c}": sorted(f.name for f in (root / p / c).iterdir())
+        for p in ("train", "test")
+        for c in ("cats", "dogs")
+    }
+
+
+def check_split(root: Path, per_class: int = 20) -> None:
+    files = tree(root)
+    for label in ("cats", "dogs"):
+        assert len(files[f"test/{label}"]) == round(per_class * 0.2)
+        assert len(files[f"train/{label}"]) + len(files[f"test/{label}"]) == per_class
+        assert not set(files[f"train/{label}"]) & set(files[f"test/{label}"])
+        assert all(name.startswith(label[:-1] + ".") for name in files[f"train/{label}"])
+    report = (root / "prepare_report.txt").read_text()
+    assert "skipped 3 file(s)" in report and "100.jpg\tempty file" in report and "101.jpg" in report
+
+
+def test_labels_come_from_folders_or_names():
+    assert label_of("PetImages/Cat/1.jpg") == "cats"
+    assert label_of("train/dog.7.jpg") == "dogs"
+    assert label_of("x/dogs/a.png") == "dogs"
+    assert label_of("PetImages/Cat/Thumbs.db") is None
+    assert label_of("train/.cat.1.jpg") is None
+    assert label_of("sampleSubmission.csv") is None
+
+
+def test_kaggle_zip(tmp_path, kaggle_files, capsys):
+    source = write_zip(tmp_path / "train.zip", kaggle_files)
+    before = source.read_bytes()
+    root = prepare(source, tmp_path / "out", progress=False)
+    check_split(root)
+    assert source.read_bytes() == before  # the source is never modified
+    out = capsys.readouterr().out
+    assert "Found 32 images belonging to 2 classes." in out and "Found 8 images belonging to 2 classes." in out
+
+
+def test_kaggle_competition_zip_with_train_zip_inside(tmp_path, kaggle_files):
+    inner = write_zip(tmp_path / "train.zip", kaggle_files).read_bytes()
+    source = write_zip(
+        tmp_path / "dogs-vs-cats.zip", {"train.zip": inner, "test1.zip": b"", "sampleSubmission.csv": b""}
+    )
+    check_split(prepare(source, tmp_path / "out", progress=False))
+
+
+def test_kaggle_folder_and_microsoft_layouts(tmp_path, kaggle_files):
+    kaggle = write_folder(tmp_path / "kaggle", kaggle_files) / "train"
+    petimages = {}
+    for name, data in kaggle_files.items():
+        animal, _, rest = Path(name).name.partition(".")
+        if animal in ("cat", "dog"):
+            petimages[f"PetImages/{animal.capitalize()}/{rest}"] = data
+    petimages["PetImages/Cat/Thumbs.db"] = b"junk"
+    ms_zip = write_zip(tmp_path / "kagglecatsanddogs_5340.zip", petimages)
+    ms_folder = write_folder(tmp_path / "ms", petimages) / "PetImages"
+
+    results = [
+        tree(prepare(src, tmp_path / f"out{i}", progress=False)) for i, src in enumerate((kaggle, ms_zip, ms_folder))
+    ]
+    for i in range(3):
+        check_split(tmp_path / f"out{i}")
+    assert results[0] == results[1] == results[2]  # same names, same split, whatever the layout
+
+
+def test_split_is_deterministic_and_rerun_is_safe(tmp_path, kaggle_files, capsys):
+    source = write_folder(tmp_path / "src", kaggle_files)
+    a = tree(prepare(source, tmp_path / "a", seed=3, progress=False))
+    assert tree(prepare(source, tmp_path / "b", seed=3, progress=False)) == a
+    assert tree(prepare(source, tmp_path / "c", seed=4, progress=False)) != a
+    prepare(source, tmp_path / "a", seed=3, progress=False)  # exists: left alone
+    assert "nothing to do" in capsys.readouterr().out
+    assert tree(prepare(source, tmp_path / "a", seed=4, force=True, progress=False)) == tree(tmp_path / "c")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folders left
+
+
+def test_bad_sources_are_clear_errors(tmp_path):
+    with pytest.raises(CatDogError, match="does not exist"):
+        prepare(tmp_path / "missing.zip", tmp_path / "out")
+    (tmp_path / "bad.zip").write_bytes(b"garbage")
+    with pytest.raises(CatDogError, match="not a readable zip"):
+        prepare(tmp_path / "bad.zip", tmp_path / "out")
+    only_cats = write_folder(tmp_path / "cats_only", {"cat.1.jpg": jpeg_bytes(1)})
+    with pytest.raises(CatDogError, match="need both"):
+        prepare(only_cats, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_line(tmp_path, kaggle_files, capsys):
+    source = write_zip(tmp_path / "train.zip", kaggle_files)
+    assert main([f"source={source}", f"root={tmp_path / 'out'}", "test_fraction=0.5"]) == 0
+    assert len(list((tmp_path / "out/test/cats").iterdir())) == 10
+    assert main([f"source={tmp_path / 'nope'}", f"root={tmp_path / 'out2'}"]) == 2
+    assert main(["no_such_key=1"]) == 2
+    assert capsys.readouterr().err.count("error:") == 2
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_url_is_downloaded_verified_and_reused(tmp_path, kaggle_files, http_server):
+    served, base = http_server
+    data = write_zip(served / "kagglecatsanddogs_5340.zip", kaggle_files).read_bytes()
+    url = f"{base}/kagglecatsanddogs_5340.zip"
+    downloads = tmp_path / "downloads"
+
+    with pytest.raises(CatDogError, match="SHA-256"):
+        prepare(url, tmp_path / "out", sha256="0" * 64, download_dir=downloads, progress=False)
+    assert list(downloads.iterdir()) == []  # a bad download leaves no file behind
+
+    sha = hashlib.sha256(data).hexdigest()
+    check_split(prepare(url, tmp_path / "out", sha256=sha, download_dir=downloads, progress=False))
+    assert (downloads / "kagglecatsanddogs_5340.zip").read_bytes() == data
+
+    (served / "kagglecatsanddogs_5340.zip").unlink()  # the second run uses the file already downloaded
+    check_split(prepare(url, tmp_path / "out2", download_dir=downloads, progress=False))
+
+    with pytest.raises(CatDogError, match="cannot download"):
+        prepare(f"{base}/missing.zip", tmp_path / "out3", download_dir=downloads, progress=False)

@@ -1,0 +1,80 @@
+"""End to end: ``python train.py`` as a user runs it, on ~200 generated images."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_tree
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *overrides], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One epoch on 160 train + 40 test images; its run folder (shared by the tests that read outputs)."""
+    tmp = tmp_path_factory.mktemp("train")
+    data = make_tree(tmp / "data", 80, 20)
+    run_dir = tmp / "run"
+    result = run_train(f"data.root={data}", "trainer.max_epochs=1", "seed=1", f"hydra.run.dir={run_dir}", cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Total params: 3,453,121" in result.stdout
+    return run_dir
+
+
+def test_a_run_folder_holds_every_output(trained_run):
+    names = {p.relative_to(trained_run).as_posix() for p in trained_run.rglob("*") if p.is_file()}
+    assert {"config.yaml", "metrics.csv", "history.csv", "curves.png", "metrics.json", "checkpoints/last.ckpt"} <= names
+    assert any(n.startswith("checkpoints/best-epoch00-val_acc") for n in names)
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and 0 <= metrics["test_acc"] <= 1 and 0 <= metrics["best_val_acc"] <= 1
+    assert Path(metrics["best_checkpoint"]).exists()
+    history = (trained_run / "history.csv").read_text().splitlines()
+    assert history[0] == "epoch,train_acc,val_acc,train_loss,val_loss" and len(history) == 2
+    assert (trained_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_checkpoint_loads_without_config(trained_run):
+    from catdog.module import CatDogModule
+
+    module = CatDogModule.load_from_checkpoint(trained_run / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert module.hparams.lr == 1e-3 and sum(p.numel() for p in module.parameters()) == 3_453_121
+
+
+def test_resume_from_checkpoint(trained_run, tmp_path):
+    data = make_tree(tmp_path / "data", 10, 10)
+    result = run_train(
+        f"data.root={data}",
+        "trainer.max_epochs=2",
+        f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "test=false",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2"]  # epoch 1 restored, only epoch 2 trained
+
+
+def test_gpu_without_a_gpu_is_one_clear_line(tmp_path, image_tree):
+    result = run_train(
+        f"data.root={image_tree}", "trainer.accelerator=gpu", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+    result = run_train(
+        f"data.root={tmp_path / 'none'}", "data.source=null", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+    )
+    assert result.returncode == 2 and "data.source" in result.stderr and "Traceback" not in result.stderr
