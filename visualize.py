@@ -1,7 +1,74 @@
-"""Placeholder: layer-by-layer visualisation is not implemented yet (see the Visualize issue)."""
+"""Show what each layer sees: ``python visualize.py image=PATH [ckpt=PATH|latest|none]``; see conf/visualize.yaml."""
 
-import sys
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from catdog.cli import user_errors
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="visualize")
+@user_errors
+def main(cfg: DictConfig) -> None:
+    from catdog import CatDogError
+    from catdog.visualize import (
+        COMPARE_MAX,
+        compare_pages,
+        filters_page,
+        find_checkpoint,
+        image_paths,
+        load_model,
+        save_png,
+        unique_dirs,
+        visualize_image,
+    )
+
+    out_dir = Path(cfg.out_dir)
+    ckpt = find_checkpoint(str(cfg.ckpt))
+    model, preprocessing = load_model(ckpt)
+    print(f"checkpoint: {ckpt}" if ckpt else "ckpt=none: using the untrained network (Keras initialisation, seed 0)")
+
+    if cfg.mode == "filters":
+        f = cfg.filters
+        page = filters_page(model, cfg.layer, cfg.per_row, f.size, f.steps, f.step_size)
+        print(f"wrote {save_png(page, out_dir / f'filters_{cfg.layer}.png')}")
+        return
+    if cfg.mode != "activations":
+        raise CatDogError(f"mode must be activations or filters, got {cfg.mode!r}")
+
+    spec = OmegaConf.to_container(cfg.image) if OmegaConf.is_list(cfg.image) else str(cfg.image)
+    paths = image_paths(spec)
+    layers = OmegaConf.to_container(cfg.layers) if OmegaConf.is_list(cfg.layers) else cfg.layers
+    shown = []
+    for path, sub in zip(paths, unique_dirs(paths), strict=True):
+        try:
+            manifest = visualize_image(
+                model,
+                path,
+                out_dir if len(paths) == 1 else out_dir / sub,
+                preprocessing,
+                layers,
+                cfg.per_row,
+                cfg.norm,
+                cfg.channel,
+                cfg.gradcam_layer if cfg.gradcam else None,
+                str(ckpt or "none"),
+            )
+        except KeyError as err:  # an unknown layer name or glob
+            raise CatDogError(f"layers: {err.args[0]}") from err
+        except ValueError as err:  # a bad norm
+            raise CatDogError(f"{err}") from err
+        p = manifest["prediction"]
+        print(f"{p['label']} {p['probability']:.2f}" + (f"  {path}" if len(paths) > 1 else ""))
+        if len(paths) > 1 and len(shown) < COMPARE_MAX:  # keep only what the compare pages show: bounded memory
+            shown.append(manifest)
+    if len(paths) > 1:
+        compare_pages(shown, out_dir)
+    print(f"wrote {out_dir}")
+
 
 if __name__ == "__main__":
-    print("visualize.py is not implemented yet: only training works in this version", file=sys.stderr)
-    sys.exit(2)
+    main()

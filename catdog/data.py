@@ -59,6 +59,7 @@ class CatDogDataModule(pl.LightningDataModule):
         test_fraction: float = 0.2,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters()  # checkpoints keep image_size and interpolation for visualize.py
         self.root = Path(root)
         self.source = source
         self.batch_size = batch_size

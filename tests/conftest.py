@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``python <script> overrides...`` as a user would, from ``cwd``."""
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def jpeg_bytes(seed: int, size: tuple[int, int] = (40, 30), label: str = "cats") -> bytes:
@@ -67,3 +78,17 @@ def make_tree(root: Path, n_train: int, n_test: int) -> Path:
 def image_tree(tmp_path: Path) -> Path:
     """A prepared tree of 24 + 8 images per class."""
     return make_tree(tmp_path / "processed", 24, 8)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One epoch of ``python train.py`` on 160 train + 40 test images; its run folder."""
+    tmp = tmp_path_factory.mktemp("train")
+    data = make_tree(tmp / "data", 80, 20)
+    run_dir = tmp / "run"
+    result = run_script(
+        "train.py", f"data.root={data}", "trainer.max_epochs=1", "seed=1", f"hydra.run.dir={run_dir}", cwd=tmp
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Total params: 3,453,121" in result.stdout
+    return run_dir

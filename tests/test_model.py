@@ -3,6 +3,7 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from catdog.hooks import ActivationRecorder
 from catdog.model import CatDogCNN, load_keras_weights, summary
 
 SEED_SHAPES = {  # the Keras summary, NHWC -> NCHW
@@ -46,20 +47,24 @@ def test_keras_initialisation_is_glorot_uniform_with_zero_biases():
         CatDogCNN(init="nonsense")
 
 
-def keras_forward_nhwc(x: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
-    """An independent NumPy version of the Keras model in NHWC, with Keras's kernel layouts."""
+def keras_forward_nhwc(x: np.ndarray, weights: list[np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """An independent NumPy version of the Keras model in NHWC, with Keras's kernel layouts.
+    Returns the sigmoid output and the 8 intermediate outputs the seed plots (NHWC)."""
     w = iter(weights)
-    for _ in range(4):
+    outputs = {}
+    for i in range(1, 5):
         kernel, bias = next(w), next(w)
         windows = sliding_window_view(x, (3, 3), axis=(1, 2))  # (N, H-2, W-2, C, 3, 3)
-        x = np.maximum(np.einsum("nhwcij,ijco->nhwo", windows, kernel) + bias, 0)
+        x = outputs[f"conv{i}"] = np.maximum(np.einsum("nhwcij,ijco->nhwo", windows, kernel) + bias, 0)
         n, h, wd, c = x.shape
-        x = x[:, : h // 2 * 2, : wd // 2 * 2].reshape(n, h // 2, 2, wd // 2, 2, c).max(axis=(2, 4))
+        x = outputs[f"pool{i}"] = (
+            x[:, : h // 2 * 2, : wd // 2 * 2].reshape(n, h // 2, 2, wd // 2, 2, c).max(axis=(2, 4))
+        )
     x = x.reshape(len(x), -1)
     kernel, bias = next(w), next(w)
     x = np.maximum(x @ kernel + bias, 0)
     kernel, bias = next(w), next(w)
-    return 1 / (1 + np.exp(-(x @ kernel + bias)))
+    return 1 / (1 + np.exp(-(x @ kernel + bias))), outputs
 
 
 def test_ported_keras_weights_give_the_keras_output():
@@ -84,11 +89,16 @@ def test_ported_keras_weights_give_the_keras_output():
     ]
     x = rng.random((2, 150, 150, 3), dtype=np.float32)
     x[1] *= np.linspace(0, 1, 150, dtype=np.float32)[:, None, None]  # a different picture: dark at the top
-    expected = keras_forward_nhwc(x.astype(np.float64), [w.astype(np.float64) for w in weights])
+    expected, intermediates = keras_forward_nhwc(x.astype(np.float64), [w.astype(np.float64) for w in weights])
 
     model = CatDogCNN()
     load_keras_weights(model, weights)
-    with torch.no_grad():
+    with ActivationRecorder(model) as recorder, torch.no_grad():
         got = torch.sigmoid(model(torch.from_numpy(x).permute(0, 3, 1, 2))).numpy()
     assert expected.std() > 0.01  # the check means something only if outputs differ between inputs
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # the recorder's arrays are the seed's 8 plotted outputs (NHWC there, NCHW here)
+    assert list(recorder.records) == list(intermediates)
+    for name, keras_nhwc in intermediates.items():
+        ours = recorder.records[name].permute(0, 2, 3, 1).numpy()
+        np.testing.assert_allclose(ours, keras_nhwc, rtol=1e-4, atol=1e-5 * np.abs(keras_nhwc).max(), err_msg=name)

@@ -1,33 +1,13 @@
 """End to end: ``python train.py`` as a user runs it, on ~200 generated images."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import make_tree
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import make_tree, run_script
 
 
-def run_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *overrides], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    """One epoch on 160 train + 40 test images; its run folder (shared by the tests that read outputs)."""
-    tmp = tmp_path_factory.mktemp("train")
-    data = make_tree(tmp / "data", 80, 20)
-    run_dir = tmp / "run"
-    result = run_train(f"data.root={data}", "trainer.max_epochs=1", "seed=1", f"hydra.run.dir={run_dir}", cwd=tmp)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Total params: 3,453,121" in result.stdout
-    return run_dir
+def run_train(*overrides: str, cwd: Path):
+    return run_script("train.py", *overrides, cwd=cwd)
 
 
 def test_a_run_folder_holds_every_output(trained_run):

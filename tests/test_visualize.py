@@ -1,0 +1,159 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from catdog.filters import filter_patterns
+from catdog.gradcam import gradcam
+from catdog.model import CatDogCNN
+from tests.conftest import jpeg_bytes, run_script
+
+LAYERS = ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "conv4", "pool4"]
+
+
+def one_line_error(result) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def picture(tmp_path) -> Path:
+    path = tmp_path / "my cat.jpg"
+    path.write_bytes(jpeg_bytes(7, size=(200, 160)))
+    return path
+
+
+def test_visualize_end_to_end_with_a_trained_checkpoint(trained_run, picture, tmp_path):
+    ckpt = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    out = tmp_path / "viz"
+    result = run_script(
+        "visualize.py", f"image={picture}", f"ckpt={ckpt}", f"out_dir={out}", "gradcam=true", "channel=31", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    label, probability = result.stdout.splitlines()[1].split()
+    assert label in ("cat", "dog") and 0.5 <= float(probability) <= 1
+
+    files = {p.name for p in out.iterdir()}
+    expected = {"input.png", "overview.png", "activations.npz", "manifest.json", "gradcam.png"}
+    expected |= {f"{n}.png" for n in LAYERS} | {f"{n}_channel31.png" for n in LAYERS}
+    assert expected <= files
+
+    arrays = np.load(out / "activations.npz")
+    assert list(arrays) == LAYERS and arrays["conv1"].shape == (1, 32, 148, 148) and arrays["conv1"].dtype == np.float32
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["checkpoint"] == str(ckpt) and manifest["prediction"]["label"] == label
+    assert manifest["layers"]["pool4"]["shape"] == [128, 7, 7]
+
+    # the saved arrays are what the network computes from the saved input (npz round trip, same preprocessing)
+    from catdog.visualize import load_model
+
+    model, _ = load_model(ckpt)
+    from PIL import Image
+
+    x = torch.from_numpy(np.asarray(Image.open(out / "input.png"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        np.testing.assert_allclose(model.conv1(x).numpy(), arrays["conv1"], rtol=1e-5, atol=1e-6)
+    assert manifest["layers"]["conv1"]["dead_channels"] == int((arrays["conv1"][0].reshape(32, -1).std(1) == 0).sum())
+
+
+def test_latest_checkpoint_folder_of_images_and_compare_pages(trained_run, tmp_path):
+    (tmp_path / "outputs" / "run" / "checkpoints").mkdir(parents=True)
+    best = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    (tmp_path / "outputs" / "run" / "checkpoints" / best.name).write_bytes(best.read_bytes())
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"p{i}.jpg").write_bytes(jpeg_bytes(i))
+    (folder / ".DS_Store").write_bytes(b"junk")
+    result = run_script(
+        "visualize.py", f"image={folder}", "out_dir=out", "layers=[conv1,pool*]", "norm=layer", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir() if p.is_dir()} == {"p0", "p1", "p2"}
+    assert {p.name for p in out.glob("compare_*.png")} == {
+        f"compare_{n}.png" for n in ("conv1", "pool1", "pool2", "pool3", "pool4")
+    }
+    assert list(np.load(out / "p0" / "activations.npz")) == ["conv1", "pool1", "pool2", "pool3", "pool4"]
+
+
+def test_untrained_network_says_so_and_filters_mode(tmp_path, picture):
+    result = run_script("visualize.py", f"image={picture}", "ckpt=none", "out_dir=o", cwd=tmp_path)
+    assert result.returncode == 0 and "untrained" in result.stdout
+    result = run_script(
+        "visualize.py",
+        "image=x",
+        "ckpt=none",
+        "mode=filters",
+        "layer=conv1",
+        "filters.size=24",
+        "filters.steps=3",
+        "out_dir=f",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "f" / "filters_conv1.png").exists()
+
+
+def test_user_errors_are_one_line(tmp_path, picture):
+    assert "not found" in one_line_error(run_script("visualize.py", "image=nope.jpg", "ckpt=none", cwd=tmp_path))
+    assert "ckpt=latest found no checkpoint" in one_line_error(
+        run_script("visualize.py", f"image={picture}", cwd=tmp_path)
+    )
+    assert "conv9" in one_line_error(
+        run_script("visualize.py", f"image={picture}", "ckpt=none", "layers=[conv9]", cwd=tmp_path)
+    )
+    (tmp_path / "empty").mkdir()
+    assert "no images" in one_line_error(run_script("visualize.py", "image=empty", "ckpt=none", cwd=tmp_path))
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    assert "cannot read image" in one_line_error(
+        run_script("visualize.py", "image=notes.jpg", "ckpt=none", cwd=tmp_path)
+    )
+    (tmp_path / "bad.ckpt").write_bytes(b"garbage")
+    assert "cannot read checkpoint" in one_line_error(
+        run_script("visualize.py", f"image={picture}", "ckpt=bad.ckpt", cwd=tmp_path)
+    )
+
+
+def test_gradcam_signs_on_a_hand_built_model():
+    """Channel 0 pushes the logit up (dog), channel 1 down (cat); they fire on the left and right halves."""
+    net = nn.Sequential()
+    net.add_module("conv", nn.Conv2d(2, 2, 1))
+    net.add_module("gap", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    net.add_module("fc", nn.Linear(2, 1))
+    with torch.no_grad():
+        net.conv.weight.copy_(torch.eye(2)[:, :, None, None])
+        net.conv.bias.zero_()
+        net.fc.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        net.fc.bias.zero_()
+    x = torch.zeros(1, 2, 8, 8)
+    x[0, 0, :, :4] = 1  # dog evidence on the left
+    x[0, 1, :, 4:] = 1  # cat evidence on the right
+    maps = gradcam(net, x, "conv")
+    assert maps["dog"][:, :3].min() > 0.9 and maps["dog"][:, 5:].max() < 0.1
+    assert maps["cat"][:, 5:].min() > 0.9 and maps["cat"][:, :3].max() < 0.1
+    x[0, 1] = 0  # no cat evidence anywhere: the cat map is all zeros, not NaN
+    maps = gradcam(net, x, "conv")
+    assert torch.all(maps["cat"] == 0) and not torch.isnan(maps["dog"]).any()
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_filter_patterns_excite_their_channel():
+    torch.manual_seed(0)
+    model = CatDogCNN()
+    patterns = filter_patterns(model, "conv1", size=24, steps=10, step_size=0.05)
+    assert patterns.shape == (32, 24, 24, 3) and 0 <= patterns.min() and patterns.max() <= 1
+    grey = torch.full((1, 3, 24, 24), 0.5)
+    with torch.no_grad():
+        before = torch.nn.functional.conv2d(grey, model.conv1.weight, model.conv1.bias).mean(dim=(2, 3))[0]
+        x = patterns.permute(0, 3, 1, 2)
+        after = torch.nn.functional.conv2d(x, model.conv1.weight, model.conv1.bias).mean(dim=(2, 3)).diagonal()
+    assert (after > before).float().mean() > 0.9
+    with pytest.raises(KeyError):
+        filter_patterns(model, "pool1")
