@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 
 CURVE_METRICS = ("train_acc", "val_acc", "train_loss", "val_loss")
 
@@ -62,3 +64,89 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+class ActivationSnapshots(pl.Callback):
+    """Every ``every_n_epochs`` epochs, records all conv and pool layers for two fixed probe images (the first
+    cat and the first dog of the validation set) and saves each probe's overview page as
+    ``snapshots/<probe>/epoch_NNN.png`` (epoch 000 is the untrained network); logs them to TensorBoard when that
+    logger is on; at the end of training writes ``snapshots/<probe>.gif``, the pages epoch by epoch.
+
+    Cost: two forward passes of single images and drawing two pages (about a second on a CPU) per snapshot.
+    Runs on global rank 0 only.
+    """
+
+    def __init__(self, dirpath: str, every_n_epochs: int = 1, norm: str = "channel", gif_width: int = 1200) -> None:
+        self.dirpath = Path(dirpath)
+        self.every_n_epochs = every_n_epochs
+        self.norm = norm
+        self.gif_width = gif_width
+        self.probes: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        dataset = trainer.datamodule.val_set if trainer.datamodule is not None else None
+        if dataset is None:
+            return
+        wanted = {0.0: "cat", 1.0: "dog"}
+        for index in probe_indices(dataset):
+            x, y = dataset[index]
+            self.probes[wanted[float(y)]] = x
+        if trainer.current_epoch == 0:  # not when resuming
+            self._snapshot(trainer, pl_module, epoch=0)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if trainer.is_global_zero and self.probes and epoch % self.every_n_epochs == 0:
+            self._snapshot(trainer, pl_module, epoch)
+
+    def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
+        from catdog.hooks import ActivationRecorder
+        from catdog.plots import below, layer_pages, save_png, with_title
+
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        try:
+            for probe, x in self.probes.items():
+                x = x[None].to(pl_module.device)
+                with ActivationRecorder(model) as recorder, torch.no_grad():
+                    p_dog = float(torch.sigmoid(pl_module(x).float())[0, 0])
+                records = {k: v[0].float().numpy() for k, v in recorder.records.items()}
+                pages = layer_pages(records, norm=self.norm)
+                page = below(
+                    with_title(pages.pop("conv1"), f"{probe} probe, epoch {epoch}: p(dog) = {p_dog:.2f}"),
+                    *pages.values(),
+                    gap=8,
+                )
+                save_png(page, self.dirpath / probe / f"epoch_{epoch:03d}.png")
+                for logger in trainer.loggers:
+                    if isinstance(logger, pl.loggers.TensorBoardLogger):
+                        logger.experiment.add_image(f"snapshots/{probe}", np.asarray(page), epoch, dataformats="HWC")
+        finally:
+            model.train(was_training)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from PIL import Image
+
+        for probe in self.probes:
+            frames = []
+            for path in sorted((self.dirpath / probe).glob("epoch_*.png")):
+                with Image.open(path) as page:
+                    scale = min(1.0, self.gif_width / page.width)
+                    frames.append(page.resize((int(page.width * scale), int(page.height * scale)), Image.BILINEAR))
+            if frames:
+                gif = self.dirpath / f"{probe}.gif"
+                frames[0].save(gif, save_all=True, append_images=frames[1:], duration=1000, loop=0)
+
+
+def probe_indices(dataset) -> list[int]:
+    """The first index of each class (cats=0, dogs=1) in an ImageFolder or a Subset of one, without decoding."""
+    base, order = dataset, None
+    if hasattr(dataset, "indices"):  # torch Subset
+        base, order = dataset.dataset, list(dataset.indices)
+    targets = list(base.targets) if order is None else [base.targets[i] for i in order]
+    return [targets.index(c) for c in (0, 1) if c in targets]

@@ -82,12 +82,18 @@ def image_tree(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
-    """One epoch of ``python train.py`` on 160 train + 40 test images; its run folder."""
+    """One epoch of ``python train.py logger=tensorboard`` on 160 train + 40 test images; its run folder."""
     tmp = tmp_path_factory.mktemp("train")
     data = make_tree(tmp / "data", 80, 20)
     run_dir = tmp / "run"
     result = run_script(
-        "train.py", f"data.root={data}", "trainer.max_epochs=1", "seed=1", f"hydra.run.dir={run_dir}", cwd=tmp
+        "train.py",
+        f"data.root={data}",
+        "trainer.max_epochs=1",
+        "seed=1",
+        f"hydra.run.dir={run_dir}",
+        "logger=tensorboard",
+        cwd=tmp,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Total params: 3,453,121" in result.stdout

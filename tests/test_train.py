@@ -22,6 +22,20 @@ def test_a_run_folder_holds_every_output(trained_run):
     assert (trained_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_activation_snapshots_per_epoch_gif_and_tensorboard(trained_run):
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for probe in ("cat", "dog"):
+        pages = sorted(p.name for p in (trained_run / "snapshots" / probe).iterdir())
+        assert pages == ["epoch_000.png", "epoch_001.png"]  # before training, after epoch 1
+        with Image.open(trained_run / "snapshots" / f"{probe}.gif") as gif:
+            assert gif.n_frames == 2
+    events = EventAccumulator(str(trained_run / "tensorboard")).Reload()
+    assert {"snapshots/cat", "snapshots/dog"} <= set(events.Tags()["images"])
+    assert "val_acc" in events.Tags()["scalars"]
+
+
 def test_checkpoint_loads_without_config(trained_run):
     from catdog.module import CatDogModule
 
