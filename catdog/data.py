@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import warnings
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from torchvision.datasets import ImageFolder
 
 from catdog import CLASSES, CatDogError
 from catdog.model import INPUT_SIZE
-from catdog.prepare import MICROSOFT_URL, prepare
+from catdog.prepare import IMAGE_EXTENSIONS, MICROSOFT_URL, prepare
 from catdog.preprocess import Preprocess, load_rgb
 
 
@@ -21,17 +24,53 @@ def default_workers() -> int:
     return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def image_folder(path: Path, transform: Preprocess) -> ImageFolder:
-    """An ImageFolder that must hold exactly the classes cats and dogs (so cats=0, dogs=1)."""
+BAD_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+class CatDogImageFolder(ImageFolder):
+    """ImageFolder that lists files without following symlinked folders (no loops), ignores hidden files
+    (``.DS_Store``, ``._cat.1.jpg``) and returns ``None`` for a file that fails to decode, so that a bad file
+    that slipped past prepare costs one sample, not the run (``collate_skipping_bad`` drops and counts it)."""
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        samples = []
+        for name, index in sorted(class_to_idx.items()):
+            for dirpath, dirnames, filenames in os.walk(os.path.join(directory, name)):  # followlinks=False
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for filename in sorted(filenames):
+                    if not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_EXTENSIONS:
+                        samples.append((os.path.join(dirpath, filename), index))
+            if not any(i == index for _, i in samples):
+                raise CatDogError(f"class folder {os.path.join(directory, name)} holds no images")
+        return samples
+
+    def __getitem__(self, index: int):
+        try:
+            return super().__getitem__(index)
+        except BAD_IMAGE_ERRORS as err:
+            warnings.warn(f"skipped {self.samples[index][0]}: {type(err).__name__}: {err}", stacklevel=1)
+            return None
+
+
+def collate_skipping_bad(samples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Default collation of the good samples, plus how many were bad (``None``), for the module to log."""
+    good = [s for s in samples if s is not None]
+    if not good:
+        return torch.empty(0), torch.empty(0, 1), torch.tensor(len(samples))
+    x, y = default_collate(good)
+    return x, y, torch.tensor(len(samples) - len(good))
+
+
+def image_folder(path: Path, transform: Preprocess, exif_transpose: bool = False) -> CatDogImageFolder:
+    """The images under ``path``, which must hold exactly the class folders cats and dogs (cats=0, dogs=1)."""
     if not path.is_dir():
         raise CatDogError(f"{path} is not a folder; expected {path}/cats and {path}/dogs")
     found = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
     if tuple(found) != CLASSES:
         raise CatDogError(f"{path} has class folders {found}; expected exactly {list(CLASSES)}")
-    try:
-        return ImageFolder(str(path), transform=transform, loader=load_rgb, target_transform=_as_float)
-    except FileNotFoundError as err:
-        raise CatDogError(f"{path}: {err}") from err
+    loader = partial(load_rgb, exif_transpose=exif_transpose)
+    return CatDogImageFolder(str(path), transform=transform, loader=loader, target_transform=_as_float)
 
 
 def _as_float(label: int) -> torch.Tensor:
@@ -52,6 +91,7 @@ class CatDogDataModule(pl.LightningDataModule):
         batch_size: int = 20,
         image_size: tuple[int, int] = INPUT_SIZE,
         interpolation: str = "nearest",
+        exif_transpose: bool = False,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         val_fraction: float = 0.0,
@@ -64,6 +104,7 @@ class CatDogDataModule(pl.LightningDataModule):
         self.source = source
         self.batch_size = batch_size
         self.preprocess = Preprocess(tuple(image_size), interpolation)
+        self.exif_transpose = exif_transpose
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.val_fraction = val_fraction
@@ -80,8 +121,8 @@ class CatDogDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train = image_folder(self.root / "train", self.preprocess)
-        self.test_set = image_folder(self.root / "test", self.preprocess)
+        train = image_folder(self.root / "train", self.preprocess, self.exif_transpose)
+        self.test_set = image_folder(self.root / "test", self.preprocess, self.exif_transpose)
         if self.val_fraction > 0:
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
             n_val = round(len(train) * self.val_fraction)
@@ -97,6 +138,7 @@ class CatDogDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate_skipping_bad,
         )
 
     def train_dataloader(self) -> DataLoader:

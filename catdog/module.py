@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy
 
+from catdog import CatDogError
 from catdog.model import CatDogCNN
 
 
@@ -70,10 +71,19 @@ class CatDogModule(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        x, y = batch
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor | None:
+        x, y, *skipped = batch  # the datamodule's batches also count the files that failed to decode
+        if skipped:
+            self.log(f"{stage}_skipped_files", skipped[0].float(), on_step=False, on_epoch=True, reduce_fx="sum")
+        if len(x) == 0:
+            return None  # every file of the batch was bad: Lightning skips the step
         logits = self(x)
         loss = F.binary_cross_entropy_with_logits(logits, y)
+        if stage == "train" and not torch.isfinite(loss):
+            raise CatDogError(
+                f"the training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                "lower model.lr, or check the data"
+            )
         accuracy = self.metrics[f"{stage}_acc"]
         accuracy(logits, y)  # torchmetrics applies the sigmoid to logits and thresholds at 0.5
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from catdog.model import INPUT_SIZE
 
@@ -25,10 +25,20 @@ INTERPOLATIONS = {
 }
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file fully and return it in RGB (grayscale, CMYK, palette and RGBA are converted)."""
+def load_rgb(path: str | os.PathLike, exif_transpose: bool = False) -> Image.Image:
+    """Decode an image file fully and return it in RGB, as Keras's ``load_img`` does.
+
+    Grayscale, CMYK, palette and RGBA are converted by PIL; 16/32-bit integer images are scaled to 8 bits first
+    (PIL would clip them). ``exif_transpose`` turns a photo upright by its EXIF orientation (Keras ignores it).
+    Raises PIL's errors for files that are not images, and ``Image.DecompressionBombError`` for huge ones.
+    """
     with Image.open(path) as img:
         img.load()
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
+        if img.mode.startswith("I"):  # 16-bit PNGs and friends
+            array = np.asarray(img, dtype=np.float64)
+            img = Image.fromarray((array / (257 if array.max() > 255 else 1)).clip(0, 255).astype(np.uint8), "L")
         return img if img.mode == "RGB" else img.convert("RGB")
 
 

@@ -6,13 +6,15 @@ from PIL import Image
 from catdog import CatDogError
 from catdog.data import CatDogDataModule
 from catdog.preprocess import Preprocess, load_rgb
+from tests.conftest import jpeg_bytes
 
 
 def test_batches_are_keras_preprocessed(image_tree):
     dm = CatDogDataModule(root=str(image_tree), source=None, num_workers=0)
     dm.prepare_data()
     dm.setup("fit")
-    x, y = next(iter(dm.train_dataloader()))
+    x, y, skipped = next(iter(dm.train_dataloader()))
+    assert skipped == 0
     assert x.shape == (20, 3, 150, 150) and x.dtype == torch.float32
     assert y.shape == (20, 1) and set(y.flatten().tolist()) <= {0.0, 1.0}
     assert 0 <= x.min() and x.max() <= 1
@@ -34,17 +36,60 @@ def test_validation_can_be_carved_from_train(image_tree):
     assert not set(dm.train_set.indices) & set(dm.val_set.indices)
 
 
-def test_other_modes_become_rgb(tmp_path):
-    for mode in ("L", "CMYK", "RGBA", "P", "I;16"):
-        path = tmp_path / f"{mode.replace(';', '')}.png"
-        Image.new(mode, (30, 20)).save(path) if mode != "CMYK" else Image.new(mode, (30, 20)).save(
-            path.with_suffix(".jpg")
-        )
-        img = load_rgb(path if mode != "CMYK" else path.with_suffix(".jpg"))
-        assert img.mode == "RGB"
+def odd_images(folder):
+    """Files that are images, but not plain RGB JPEGs: each must load as RGB."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    rgb.save(folder / "png_named.jpg", format="PNG")
+    rgb.save(folder / "gif_named.jpg", format="GIF")
+    rgb.save(folder / "bmp_named.jpg", format="BMP")
+    rgb.save(folder / "webp_named.jpg", format="WEBP")
+    rgb.convert("L").save(folder / "gray.jpg")
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    rgb.convert("RGBA").save(folder / "rgba.png")
+    rgb.convert("P").save(folder / "palette.png", transparency=0)
+    Image.fromarray(np.full((20, 30), 40000, np.uint16)).save(folder / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to view
+    rgb.save(folder / "rotated.jpg", exif=exif)
+    return folder
+
+
+def test_odd_images_become_rgb(tmp_path):
+    folder = odd_images(tmp_path / "odd")
+    for path in folder.iterdir():
+        img = load_rgb(path)
+        assert img.mode == "RGB", path.name
         assert Preprocess()(img).shape == (3, 150, 150)
+    assert np.asarray(load_rgb(folder / "sixteen.png")).max() == 40000 // 257  # scaled, not clipped to white
+    assert load_rgb(folder / "rotated.jpg").size == (30, 20)  # as Keras: EXIF ignored
+    assert load_rgb(folder / "rotated.jpg", exif_transpose=True).size == (20, 30)  # option: upright
     with pytest.raises(ValueError, match="interpolation"):
         Preprocess(interpolation="cubic-ish")
+
+
+def test_bad_files_in_training_are_skipped_and_counted(image_tree):
+    (image_tree / "train" / "cats" / "empty.jpg").write_bytes(b"")
+    (image_tree / "train" / "dogs" / "junk.jpg").write_bytes(b"junk" * 20)
+    (image_tree / "train" / "dogs" / "truncated.jpg").write_bytes(jpeg_bytes(3)[:300])
+    (image_tree / "train" / "dogs" / "._dog.1.jpg").write_bytes(b"mac resource fork")  # hidden: ignored
+    (image_tree / "train" / "cats" / "Thumbs.db").write_bytes(b"junk")  # not an image name: ignored
+    (image_tree / "train" / "cats" / "loop").symlink_to(image_tree / "train")  # a symlink loop: not followed
+    odd_images(image_tree / "train" / "cats" / "odd")
+    dm = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, batch_size=100)
+    dm.setup("fit")
+    assert len(dm.train_set) == 48 + 3 + 10
+    with pytest.warns(UserWarning, match="skipped .*empty.jpg"):
+        x, y, skipped = next(iter(dm.train_dataloader()))
+    assert skipped == 3 and len(x) == 58
+
+
+def test_empty_class_folder_is_a_clear_error(image_tree):
+    for f in (image_tree / "test" / "dogs").iterdir():
+        f.unlink()
+    dm = CatDogDataModule(root=str(image_tree), source=None, num_workers=0)
+    with pytest.raises(CatDogError, match="test/dogs holds no images"):
+        dm.setup("fit")
 
 
 def test_missing_data_and_wrong_classes_are_clear(tmp_path, image_tree):
