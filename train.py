@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from catdog.cli import user_errors
+from catdog.cli import check_overrides, user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -19,6 +19,7 @@ def main(cfg: DictConfig) -> float | None:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
+    from catdog.checkpoints import newest
     from catdog.model import summary
 
     started = time.perf_counter()
@@ -35,13 +36,19 @@ def main(cfg: DictConfig) -> float | None:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         print(summary(module.model))
 
+    ckpt_path = cfg.ckpt_path
+    if cfg.train and ckpt_path == "last":  # resume the newest run of this project (e.g. after a crash)
+        ckpt_path = newest("checkpoints/last.ckpt")
+        print(
+            f"ckpt_path=last: resuming from {ckpt_path}" if ckpt_path else "ckpt_path=last: no last.ckpt yet; starting"
+        )
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     results = {}
     if cfg.test:
-        ckpt = best if cfg.train else cfg.ckpt_path
+        ckpt = best if cfg.train else ckpt_path
         results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)[0]
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val_", "test_"))}
@@ -57,4 +64,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_overrides("train")
     main()

@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from catdog.cli import user_errors
+from catdog.cli import check_overrides, user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="visualize")
@@ -71,4 +71,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("visualize")
     main()

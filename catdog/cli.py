@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from catdog import CatDogError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _wants_traceback(args: list[str]) -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" or "debug=true" in args
+
+
+def check_overrides(config_name: str, args: list[str] | None = None) -> None:
+    """Compose the config with the command line's overrides before Hydra runs the job, so that a mistyped key,
+    a bad value or an unknown group option is one ``error:`` line and exit code 2 instead of Hydra's message.
+    Multirun and Hydra's own flags (``-m``, ``--cfg``, ...) are left to Hydra."""
+    args = sys.argv[1:] if args is None else args
+    if any(a.startswith("-") for a in args) or _wants_traceback(args):
+        return
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose(config_name, overrides=[a for a in args if not a.startswith(("hydra.", "hydra/"))])
+    except Exception as err:
+        first = [line.strip() for line in str(err).strip().splitlines() if line.strip()][:2]
+        print(f"error: {' '.join(first)} (python {Path(sys.argv[0]).name} --help lists the settings)", file=sys.stderr)
+        sys.exit(2)
 
 
 def _user_error(err: BaseException) -> str | None:
@@ -17,6 +43,10 @@ def _user_error(err: BaseException) -> str | None:
         return _user_error(err.__cause__)  # hydra.utils.instantiate wraps what the target raised
     if isinstance(err, CatDogError):
         return str(err)
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"no space left on device ({err}); free some space, then resume with ckpt_path=last"
+    if type(err).__name__ == "MissingMandatoryValue":  # e.g. visualize.py without image=
+        return f"{err.full_key} is required: add {err.full_key}=... to the command line"
     if type(err).__name__ == "MisconfigurationException":  # Lightning: e.g. accelerator=gpu without a GPU
         return str(err).strip().splitlines()[0]
     return None
@@ -32,7 +62,7 @@ def user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             return main(cfg)
         except Exception as err:
             message = _user_error(err)
-            if message is None or cfg.get("debug") or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if message is None or cfg.get("debug") or _wants_traceback([]):
                 raise
             print(f"error: {message}", file=sys.stderr)
             sys.exit(2)

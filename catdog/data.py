@@ -62,6 +62,24 @@ def collate_skipping_bad(samples: list) -> tuple[torch.Tensor, torch.Tensor, tor
     return x, y, torch.tensor(len(samples) - len(good))
 
 
+class EpochShuffle(torch.utils.data.Sampler):
+    """A random order that depends only on (seed, epoch): a run resumed from a checkpoint sees the same order
+    in its later epochs as an uninterrupted run. Lightning calls ``set_epoch`` before each epoch."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def image_folder(path: Path, transform: Preprocess, exif_transpose: bool = False) -> CatDogImageFolder:
     """The images under ``path``, which must hold exactly the class folders cats and dogs (cats=0, dogs=1)."""
     if not path.is_dir():
@@ -129,12 +147,14 @@ class CatDogDataModule(pl.LightningDataModule):
             self.train_set, self.val_set = Subset(train, order[n_val:]), Subset(train, order[:n_val])
         else:
             self.train_set, self.val_set = train, self.test_set
+        # drawn from torch's generator, so seed= fixes it; the same in a resumed run as in the first
+        self.shuffle_seed = int(torch.randint(0, 2**31, (1,)))
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from catdog import CatDogError
+from catdog.checkpoints import RUN_FOLDERS, newest
 from catdog.hooks import ActivationRecorder
 from catdog.model import INPUT_SIZE, CatDogCNN
 from catdog.plots import (
@@ -34,8 +34,9 @@ from catdog.preprocess import load_rgb, resize, to_tensor
 COMPARE_MAX = 8  # images shown side by side on a compare page
 
 
-def find_checkpoint(spec: str, search: Iterable[str] = ("outputs", "multirun")) -> Path | None:
-    """``latest``: the newest ``best-*.ckpt`` written by train.py under ``search``; ``none``: None; else the path."""
+def find_checkpoint(spec: str) -> Path | None:
+    """``latest``: the newest ``best-*.ckpt`` written by train.py under outputs/ or multirun/; ``none``: None;
+    anything else: that file."""
     if spec == "none":
         return None
     if spec != "latest":
@@ -43,13 +44,13 @@ def find_checkpoint(spec: str, search: Iterable[str] = ("outputs", "multirun")) 
         if not path.is_file():
             raise CatDogError(f"checkpoint {spec} not found; give ckpt=PATH to a .ckpt file, ckpt=latest or ckpt=none")
         return path
-    found = [p for folder in search for p in Path(folder).glob("**/checkpoints/best-*.ckpt")]
-    if not found:
+    found = newest("checkpoints/best-*.ckpt")
+    if found is None:
         raise CatDogError(
-            f"ckpt=latest found no checkpoint under {' or '.join(f'{s}/' for s in search)}; "
+            f"ckpt=latest found no checkpoint under {' or '.join(f'{s}/' for s in RUN_FOLDERS)}; "
             "train first (python train.py), or give ckpt=PATH, or ckpt=none for the untrained network"
         )
-    return max(found, key=lambda p: p.stat().st_mtime)
+    return found
 
 
 def load_model(ckpt: Path | None) -> tuple[CatDogCNN, dict]:
