@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,10 @@ def _user_error(err: BaseException) -> str | None:
         return _user_error(err.__cause__)  # hydra.utils.instantiate wraps what the target raised
     if isinstance(err, CatDogError):
         return str(err)
+    if isinstance(err, pickle.UnpicklingError):  # torch.load(weights_only=True) refused something
+        return "refused to load a checkpoint that holds more than weights and plain data (it could run code)"
+    if isinstance(err, FileNotFoundError):
+        return f"not found: {err.filename or err}"
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return f"no space left on device ({err}); free some space, then resume with ckpt_path=last"
     if type(err).__name__ == "MissingMandatoryValue":  # e.g. visualize.py without image=

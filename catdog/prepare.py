@@ -235,6 +235,10 @@ def _copy_decodable(entries: list[Entry], dest: Path, progress: bool) -> tuple[l
     for label in CLASSES:
         (dest / label).mkdir(parents=True)
     for entry in tqdm(entries, desc="prepare", unit="img", disable=not progress):
+        parts = PurePosixPath(entry.name.replace("\\", "/")).parts
+        if entry.name.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            skipped.append((entry.name, "refused: an absolute path or one that escapes the folder (zip-slip)"))
+            continue
         data = entry.read()
         reason = decodes(data)
         if reason:

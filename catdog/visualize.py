@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from catdog import CatDogError
 from catdog.checkpoints import RUN_FOLDERS, newest
@@ -126,6 +127,8 @@ def visualize_image(
     """Everything for one image into ``out_dir``; returns the manifest (also written as manifest.json)."""
     try:
         image = resize(load_rgb(path), tuple(preprocessing["image_size"]), preprocessing["interpolation"])
+    except Image.DecompressionBombError as err:
+        raise CatDogError(f"refused image {path}: too many pixels, a possible decompression bomb ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for files that are not images
         raise CatDogError(f"cannot read image {path}: {err}") from err
     x = to_tensor(image)[None]

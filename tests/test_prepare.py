@@ -139,3 +139,15 @@ def test_url_is_downloaded_verified_and_reused(tmp_path, kaggle_files, http_serv
 
     with pytest.raises(CatDogError, match="cannot download"):
         prepare(f"{base}/missing.zip", tmp_path / "out3", download_dir=downloads, progress=False)
+
+
+def test_zip_slip_and_absolute_paths_are_refused(tmp_path, kaggle_files):
+    files = dict(kaggle_files)
+    files["../../escaped/cat.500.jpg"] = jpeg_bytes(500)
+    files["/abs/dog.501.jpg"] = jpeg_bytes(501)
+    source = write_zip(tmp_path / "train.zip", files)
+    root = prepare(source, tmp_path / "deep" / "out", progress=False)
+    report = (root / "prepare_report.txt").read_text()
+    assert report.count("zip-slip") == 2
+    assert not any(p.name in ("cat.500.jpg", "dog.501.jpg") for p in tmp_path.rglob("*.jpg"))
+    assert not (tmp_path / "escaped").exists()

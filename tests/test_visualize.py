@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,56 @@ def test_filter_patterns_excite_their_channel():
     assert (after > before).float().mean() > 0.9
     with pytest.raises(KeyError):
         filter_patterns(model, "pool1")
+
+
+class RunsCode:
+    """Unpickling this would create a folder: the proof that a checkpoint ran code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_checkpoints_never_run_pickled_code(tmp_path, picture, image_tree):
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": RunsCode(tmp_path / "pwned")}, evil)
+    line = one_line_error(run_script("visualize.py", f"image={picture}", f"ckpt={evil}", cwd=tmp_path))
+    assert "cannot read checkpoint" in line
+    result = run_script("train.py", f"data.root={image_tree}", f"ckpt_path={evil}", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: refused to load a checkpoint")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_truncated_and_foreign_checkpoints(trained_run, tmp_path, picture):
+    good = (trained_run / "checkpoints" / "last.ckpt").read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(good[: len(good) // 2])
+    assert "cannot read checkpoint" in one_line_error(
+        run_script("visualize.py", f"image={picture}", "ckpt=truncated.ckpt", cwd=tmp_path)
+    )
+    other = nn.Sequential(nn.Conv2d(3, 8, 3))
+    torch.save({"state_dict": {f"model.{k}": v for k, v in other.state_dict().items()}}, tmp_path / "other.ckpt")
+    assert "not a catdog" in one_line_error(
+        run_script("visualize.py", f"image={picture}", "ckpt=other.ckpt", cwd=tmp_path)
+    )
+    assert "not found" in one_line_error(run_script("visualize.py", f"image={picture}", "ckpt=nope.ckpt", cwd=tmp_path))
+    assert "Could not override" in one_line_error(
+        run_script("visualize.py", f"image={picture}", "ckpt=none", "nrom=layer", cwd=tmp_path)
+    )
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from catdog import CatDogError
+    from catdog.prepare import decodes
+    from catdog.visualize import visualize_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 40x30 picture now counts as a bomb
+    path = tmp_path / "bomb.jpg"
+    path.write_bytes(jpeg_bytes(1))
+    assert decodes(path.read_bytes()).startswith("refused, too many pixels")
+    with pytest.raises(CatDogError, match="too many pixels"):
+        visualize_image(CatDogCNN(), path, tmp_path / "out", {"image_size": [150, 150], "interpolation": "nearest"})
