@@ -20,6 +20,7 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.utils import instantiate
 
     from catdog.checkpoints import newest
+    from catdog.files import write_text
     from catdog.model import summary
 
     started = time.perf_counter()
@@ -33,7 +34,7 @@ def main(cfg: DictConfig) -> float | None:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         print(summary(module.model))
 
     ckpt_path = cfg.ckpt_path
@@ -57,7 +58,7 @@ def main(cfg: DictConfig) -> float | None:
         metrics["best_val_acc"] = float(checkpoint.best_model_score)
     metrics.update(epochs=trainer.current_epoch, best_checkpoint=best, seconds=round(time.perf_counter() - started, 1))
     if trainer.is_global_zero:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         print(f"Run folder: {run_dir}\n" + json.dumps(metrics, indent=2))
     value = metrics.get(cfg.optimized_metric)
     return None if value is None else float(value)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+
+from catdog.files import atomic_write, write_text
 
 CURVE_METRICS = ("train_acc", "val_acc", "train_loss", "val_loss")
 
@@ -29,11 +32,11 @@ class TrainingCurves(pl.Callback):
         row = {"epoch": trainer.current_epoch + 1}
         row.update({k: float(metrics[k]) for k in CURVE_METRICS if k in metrics})
         self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        with open(self.dirpath / "history.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["epoch", *CURVE_METRICS], restval="")
-            writer.writeheader()
-            writer.writerows(self.history)
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=["epoch", *CURVE_METRICS], restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.history)
+        write_text(self.dirpath / "history.csv", table.getvalue())
         plot_curves(self.history, self.dirpath / "curves.png")
 
     def state_dict(self) -> dict:
@@ -62,7 +65,7 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
         ax.set_title(f"Training and validation {'accuracy' if what == 'acc' else 'loss'}")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
 
 
@@ -139,8 +142,12 @@ class ActivationSnapshots(pl.Callback):
                     scale = min(1.0, self.gif_width / page.width)
                     frames.append(page.resize((int(page.width * scale), int(page.height * scale)), Image.BILINEAR))
             if frames:
-                gif = self.dirpath / f"{probe}.gif"
-                frames[0].save(gif, save_all=True, append_images=frames[1:], duration=1000, loop=0)
+                atomic_write(
+                    self.dirpath / f"{probe}.gif",
+                    lambda tmp, frames=frames: frames[0].save(
+                        tmp, format="GIF", save_all=True, append_images=frames[1:], duration=1000, loop=0
+                    ),
+                )
 
 
 def probe_indices(dataset) -> list[int]:

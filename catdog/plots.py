@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from catdog.files import atomic_write
 
 NORMS = ("channel", "layer", "none")
 SEPARATOR = 2  # pixels between tiles
@@ -175,15 +176,5 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cma
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write atomically: a temporary file in the same folder, renamed into place, never a truncated PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    """Write a PNG atomically (never a truncated file under the final name)."""
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -6,8 +6,6 @@ Imports only torch, numpy and PIL (no Lightning, no torchvision), so a run start
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from PIL import Image
 
 from catdog import CatDogError
 from catdog.checkpoints import RUN_FOLDERS, newest
+from catdog.files import atomic_write, write_text
 from catdog.hooks import ActivationRecorder
 from catdog.model import INPUT_SIZE, CatDogCNN
 from catdog.plots import (
@@ -100,18 +99,6 @@ def describe(logit: float) -> tuple[str, float]:
     return ("dog", p_dog) if p_dog >= 0.5 else ("cat", 1 - p_dog)
 
 
-def write_atomic(path: Path, write) -> None:
-    """``write(temporary path)``, then rename into place: a killed run never leaves a truncated file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def visualize_image(
     model: CatDogCNN,
     path: Path,
@@ -156,7 +143,7 @@ def visualize_image(
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a path
             np.savez(f, **arrays)
 
-    write_atomic(out_dir / "activations.npz", save_npz)
+    atomic_write(out_dir / "activations.npz", save_npz)
     if gradcam_layer:
         save_png(gradcam_page(model, x, image, gradcam_layer), out_dir / "gradcam.png")
     manifest = {
@@ -167,7 +154,7 @@ def visualize_image(
         "norm": norm,
         "layers": {name: channel_stats(a) for name, a in records.items()},
     }
-    write_atomic(out_dir / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n"))
+    write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     manifest["pages"] = pages  # for compare pages; not written
     return manifest
 
