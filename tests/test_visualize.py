@@ -71,10 +71,12 @@ def test_latest_checkpoint_folder_of_images_and_compare_pages(trained_run, tmp_p
     for i in range(3):
         (folder / f"p{i}.jpg").write_bytes(jpeg_bytes(i))
     (folder / ".DS_Store").write_bytes(b"junk")
+    (folder / "zz_broken.jpg").write_bytes(b"")  # one bad file does not stop the others
     result = run_script(
         "visualize.py", f"image={folder}", "out_dir=out", "layers=[conv1,pool*]", "norm=layer", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped: cannot read image" in result.stdout and "(1 of 4 images skipped)" in result.stdout
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir() if p.is_dir()} == {"p0", "p1", "p2"}
     assert {p.name for p in out.glob("compare_*.png")} == {
@@ -105,6 +107,9 @@ def test_user_errors_are_one_line(tmp_path, picture):
     assert "not found" in one_line_error(run_script("visualize.py", "image=nope.jpg", "ckpt=none", cwd=tmp_path))
     assert "ckpt=latest found no checkpoint" in one_line_error(
         run_script("visualize.py", f"image={picture}", cwd=tmp_path)
+    )
+    assert "norm must be" in one_line_error(
+        run_script("visualize.py", f"image={picture}", "ckpt=none", "norm=global", cwd=tmp_path)
     )
     assert "conv9" in one_line_error(
         run_script("visualize.py", f"image={picture}", "ckpt=none", "layers=[conv9]", cwd=tmp_path)
