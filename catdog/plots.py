@@ -177,4 +177,4 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cma
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     """Write a PNG atomically (never a truncated file under the final name)."""
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=1))  # 2x faster than 6
