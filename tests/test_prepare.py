@@ -151,3 +151,18 @@ def test_zip_slip_and_absolute_paths_are_refused(tmp_path, kaggle_files):
     assert report.count("zip-slip") == 2
     assert not any(p.name in ("cat.500.jpg", "dog.501.jpg") for p in tmp_path.rglob("*.jpg"))
     assert not (tmp_path / "escaped").exists()
+
+
+def test_odd_but_valid_images_are_kept_and_loops_ignored(tmp_path, kaggle_files):
+    from tests.test_data import odd_images
+
+    source = write_folder(tmp_path / "PetImages", {f"Dog/{i}.jpg": jpeg_bytes(i) for i in range(5)})
+    odd_images(source / "Cat")
+    (source / "Cat" / "loop").symlink_to(source)  # a symlink loop in the source
+    (source / "Horse").mkdir()  # a third class in the source is not a cat or a dog: ignored
+    (source / "Horse" / "1.jpg").write_bytes(jpeg_bytes(1))
+    root = prepare(source, tmp_path / "out", test_fraction=0.2, progress=False)
+    files = tree(root)
+    assert len(files["train/cats"]) + len(files["test/cats"]) == 10  # PNG/GIF/BMP/WebP named .jpg, CMYK, 16-bit...
+    assert "skipped 0 file(s)" in (root / "prepare_report.txt").read_text()
+    assert sorted(p.name for p in root.iterdir()) == ["prepare_report.txt", "test", "train"]
