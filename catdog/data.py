@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from torchvision.datasets import ImageFolder
+from torchvision.transforms import Compose, InterpolationMode, RandomAffine, RandomHorizontalFlip
 
 from catdog import CLASSES, CatDogError
 from catdog.model import INPUT_SIZE
@@ -62,6 +63,26 @@ def collate_skipping_bad(samples: list) -> tuple[torch.Tensor, torch.Tensor, tor
     return x, y, torch.tensor(len(samples) - len(good))
 
 
+def make_augment(
+    hflip: bool = False, rotation: float = 0, shift: float = 0, zoom: float = 0, shear: float = 0
+) -> Compose | None:
+    """Keras-like ``ImageDataGenerator`` augmentation on the 150x150 tensor: random horizontal flip, rotation up
+    to ``rotation`` degrees, shifts up to ``shift`` of the size, zoom in [1 - zoom, 1 + zoom], shear up to
+    ``shear`` degrees (bilinear; uncovered pixels are black, where Keras repeats the edge). None when all are off."""
+    steps = [RandomHorizontalFlip()] if hflip else []
+    if rotation or shift or zoom or shear:
+        steps.append(
+            RandomAffine(
+                degrees=rotation,
+                translate=(shift, shift) if shift else None,
+                scale=(1 - zoom, 1 + zoom) if zoom else None,
+                shear=shear or None,
+                interpolation=InterpolationMode.BILINEAR,
+            )
+        )
+    return Compose(steps) if steps else None
+
+
 class EpochShuffle(torch.utils.data.Sampler):
     """A random order that depends only on (seed, epoch): a run resumed from a checkpoint sees the same order
     in its later epochs as an uninterrupted run. Lightning calls ``set_epoch`` before each epoch."""
@@ -110,6 +131,7 @@ class CatDogDataModule(pl.LightningDataModule):
         image_size: tuple[int, int] = INPUT_SIZE,
         interpolation: str = "nearest",
         exif_transpose: bool = False,
+        augment: dict | None = None,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         val_fraction: float = 0.0,
@@ -123,6 +145,7 @@ class CatDogDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.preprocess = Preprocess(tuple(image_size), interpolation)
         self.exif_transpose = exif_transpose
+        self.augment = make_augment(**augment) if augment else None
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.val_fraction = val_fraction
@@ -139,12 +162,14 @@ class CatDogDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train = image_folder(self.root / "train", self.preprocess, self.exif_transpose)
+        augmented = self.preprocess if self.augment is None else Compose([self.preprocess, self.augment])
+        train = image_folder(self.root / "train", augmented, self.exif_transpose)
         self.test_set = image_folder(self.root / "test", self.preprocess, self.exif_transpose)
         if self.val_fraction > 0:
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
             n_val = round(len(train) * self.val_fraction)
-            self.train_set, self.val_set = Subset(train, order[n_val:]), Subset(train, order[:n_val])
+            plain = train if self.augment is None else image_folder(self.root / "train", self.preprocess)
+            self.train_set, self.val_set = Subset(train, order[n_val:]), Subset(plain, order[:n_val])
         else:
             self.train_set, self.val_set = train, self.test_set
         # drawn from torch's generator, so seed= fixes it; the same in a resumed run as in the first

@@ -109,3 +109,16 @@ def test_missing_root_is_prepared_from_source(tmp_path, kaggle_files):
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.train_set) == 32 and len(dm.test_set) == 8
+
+
+def test_augmentation_changes_train_images_only(image_tree):
+    augment = {"hflip": True, "rotation": 40, "shift": 0.2, "zoom": 0.2, "shear": 10}
+    dm = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, augment=augment, val_fraction=0.25)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    a, b = dm.train_set[0][0], dm.train_set[0][0]
+    assert a.shape == (3, 150, 150) and not torch.equal(a, b)  # random each time
+    assert torch.equal(dm.val_set[0][0], dm.val_set[0][0]) and torch.equal(dm.test_set[0][0], dm.test_set[0][0])
+    plain = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, augment={"hflip": False})
+    plain.setup("fit")
+    assert plain.augment is None and torch.equal(plain.train_set[0][0], plain.train_set[0][0])
