@@ -57,6 +57,7 @@ def main(cfg: DictConfig) -> float | None:
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics["best_val_acc"] = float(checkpoint.best_model_score)
     metrics.update(epochs=trainer.current_epoch, best_checkpoint=best, seconds=round(time.perf_counter() - started, 1))
+    metrics["status"] = "completed"
     if trainer.is_global_zero:
         write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         print(f"Run folder: {run_dir}\n" + json.dumps(metrics, indent=2))

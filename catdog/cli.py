@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import os
 import pickle
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,9 +69,32 @@ def user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             return main(cfg)
         except Exception as err:
             message = _user_error(err)
+            if _in_multirun():  # one failed job must not stop the sweep: record it and return NaN
+                if message is None:
+                    traceback.print_exc()
+                _record_failure(message or f"{type(err).__name__}: {err}")
+                return float("nan")
             if message is None or cfg.get("debug") or _wants_traceback([]):
                 raise
             print(f"error: {message}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _record_failure(message: str) -> None:
+    """The job's ``metrics.json`` says it failed and why; the sweep summary reads it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from catdog.files import write_text
+
+    print(f"error: {message}", file=sys.stderr)
+    status = {"status": "failed", "error": message}
+    write_text(Path(HydraConfig.get().runtime.output_dir) / "metrics.json", json.dumps(status, indent=2) + "\n")

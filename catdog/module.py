@@ -74,7 +74,7 @@ class CatDogModule(pl.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor | None:
         x, y, *skipped = batch  # the datamodule's batches also count the files that failed to decode
         if skipped:
-            self.log(f"{stage}_skipped_files", skipped[0].float(), on_step=False, on_epoch=True, reduce_fx="sum")
+            self.log(f"{stage}_skipped_files", skipped[0].float(), on_epoch=True, reduce_fx="sum", sync_dist=True)
         if len(x) == 0:
             return None  # every file of the batch was bad: Lightning skips the step
         logits = self(x)
@@ -86,7 +86,7 @@ class CatDogModule(pl.LightningModule):
             )
         accuracy = self.metrics[f"{stage}_acc"]
         accuracy(logits, y)  # torchmetrics applies the sigmoid to logits and thresholds at 0.5
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         self.log(f"{stage}_acc", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         if stage == "train":  # a running loss in the progress bar; the epoch means above go to the loggers
             self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)

@@ -1,0 +1,114 @@
+"""Hydra multirun sweeps, Optuna search, launcher configs and DDP on the CPU."""
+
+import csv
+import math
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+from catdog.cli import CONF_DIR
+from tests.conftest import make_tree, run_script
+
+FAST = ["trainer.max_epochs=1", "data.num_workers=0", "callbacks.snapshots=null"]
+
+
+def summary_rows(sweep_dir):
+    with open(sweep_dir / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_by_two_sweep_with_a_failing_job_writes_a_summary(tmp_path):
+    data = make_tree(tmp_path / "data", 10, 4)
+    result = run_script(
+        "train.py",
+        "-m",
+        f"data.root={data}",
+        "model.lr=1e-3,1e30",
+        "data.batch_size=8,1000",
+        "hydra.sweep.dir=sweep",
+        *FAST,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = summary_rows(tmp_path / "sweep")
+    assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
+    assert all((tmp_path / "sweep" / r["job"] / "metrics.json").exists() for r in rows)
+    by_overrides = {(("model.lr=0.001" in r["overrides"]), ("batch_size=8 " in r["overrides"] + " ")): r for r in rows}
+    failed = by_overrides[(False, True)]  # lr 1e30 with batch 8 diverges at step 1: that job fails
+    assert failed["status"] == "failed" and "training loss is nan" in failed["error"]
+    for key, row in by_overrides.items():
+        if key != (False, True):
+            assert row["status"] == "completed" and 0 <= float(row["best_val_acc"]) <= 1 and row["epochs"] == "1"
+            assert float(row["seconds"]) > 0 and row["test_acc"] != ""
+    assert "| failed |" in (tmp_path / "sweep" / "summary.md").read_text()
+
+
+def test_optuna_search_runs_two_trials(tmp_path):
+    data = make_tree(tmp_path / "data", 10, 4)
+    result = run_script(
+        "train.py",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        f"data.root={data}",
+        "hydra.sweep.dir=search",
+        *FAST,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = summary_rows(tmp_path / "search")
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
+    assert all("model.lr=" in r["overrides"] and "data.augment.rotation=" in r["overrides"] for r in rows)
+    best = (tmp_path / "search" / "optimization_results.yaml").read_text()
+    assert "best_params" in best and math.isclose(
+        float(best.split("best_value:")[1].split()[0]), max(float(r["best_val_acc"]) for r in rows)
+    )
+
+
+def test_launcher_and_trainer_configs_compose():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        joblib = compose("train", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
+        slurm = compose(
+            "train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True
+        )
+        ddp = compose("train", overrides=["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
+        seed = compose("train", overrides=["experiment=seed"])
+    assert "JoblibLauncher" in joblib.hydra.launcher._target_
+    assert "SlurmLauncher" in slurm.hydra.launcher._target_ and slurm.hydra.launcher.partition == "gpu"
+    assert ddp.trainer.strategy == "ddp" and ddp.trainer.devices == 4 and ddp.trainer.num_nodes == 2
+    assert seed.data.batch_size == 20 and seed.model.lr == 1e-3 and seed.data.interpolation == "nearest"
+
+
+def test_ddp_on_cpu_syncs_validation_and_writes_once(tmp_path):
+    data = make_tree(tmp_path / "data", 10, 4)
+    result = run_script(
+        "train.py",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"data.root={data}",
+        "trainer.max_epochs=1",
+        "data.num_workers=0",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "last.ckpt"
+    assert len(list((run / "checkpoints").iterdir())) == 2 and len(list((run / "snapshots" / "cat").iterdir())) == 2
+    assert result.stdout.count("Run folder:") == 1  # rank 0 only
+
+    # the logged validation numbers are over the whole validation set, not rank 0's half
+    history = next(csv.DictReader(open(run / "history.csv")))
+    from catdog.data import CatDogDataModule
+    from catdog.module import CatDogModule
+
+    module = CatDogModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    dm = CatDogDataModule(root=str(data), source=None, num_workers=0)
+    dm.setup("fit")
+    x, y, _ = next(iter(dm._loader(dm.val_set, shuffle=False)))
+    with torch.no_grad():
+        logits = module(x)
+    assert math.isclose(float(history["val_loss"]), float(F.binary_cross_entropy_with_logits(logits, y)), rel_tol=1e-4)
+    assert math.isclose(float(history["val_acc"]), float(((logits > 0).float() == y).float().mean()), rel_tol=1e-6)
