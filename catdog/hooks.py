@@ -15,7 +15,9 @@ class ActivationRecorder:
     """Context manager: while active, every forward pass stores a detached copy of each selected layer's output.
 
     Layers are found by type (``nn.Conv2d`` and ``nn.MaxPool2d``, in forward order) and named by their module
-    names (``conv1``, ``pool1``, ...). ``layers`` selects some by name or glob (``["conv*"]``). Records are copies
+    names (``conv1``, ``pool1``, ...). A layer that defers its activation for speed declares it as
+    ``recorded_activation``, which is applied to the record, so a record is always what the layer stands for.
+    ``layers`` selects some by name or glob (``["conv*"]``). Records are copies
     on ``device`` (the CPU by default), so an in-place op later in the network cannot change them and a GPU run
     does not keep them in GPU memory. A later forward pass replaces the records. Every hook handle is removed on
     exit, also when the forward pass raises; with no recorder active the model runs exactly as before.
@@ -46,7 +48,12 @@ class ActivationRecorder:
     def _hook(self, name: str):
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             out = output.detach()
-            self.records[name] = out.clone() if self.device is None else out.to(self.device, copy=True)
+            activation = getattr(module, "recorded_activation", None)  # a layer that defers its activation
+            if activation is not None:
+                out = activation(out)  # a new tensor already: a copy
+                self.records[name] = out if self.device is None else out.to(self.device)
+            else:
+                self.records[name] = out.clone() if self.device is None else out.to(self.device, copy=True)
 
         return record
 

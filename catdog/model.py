@@ -18,11 +18,34 @@ class ConvReLU(nn.Conv2d):
 
     Being a ``Conv2d`` subclass keeps the parameter names (``conv1.weight``) and lets hooks find it by type;
     a forward hook on it sees the post-ReLU output, which is what the seed plots.
+
+    ``relu_after_pool``: return the pre-ReLU output and let the following ``PoolReLU`` apply the ReLU after
+    pooling. ReLU and max-pooling commute, so the network computes the same outputs and gradients with the
+    element-wise work done on a 4x smaller tensor. ``recorded_activation`` then tells hooks how to get the
+    post-ReLU output that this layer stands for.
     """
 
+    def __init__(self, *args, relu_after_pool: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.relu_after_pool = relu_after_pool
+        self.recorded_activation = F.relu if relu_after_pool else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
         # In place is safe: convolution's backward needs its input, not its output.
-        return F.relu(super().forward(x), inplace=True)
+        return out if self.relu_after_pool else F.relu(out, inplace=True)
+
+
+class PoolReLU(nn.MaxPool2d):
+    """2x2 max-pool, followed by the ReLU of the conv before it when that conv defers it (``relu_after_pool``)."""
+
+    def __init__(self, relu: bool = False) -> None:
+        super().__init__(2)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        return F.relu(out, inplace=True) if self.relu else out
 
 
 class DenseReLU(nn.Linear):
@@ -35,6 +58,8 @@ class DenseReLU(nn.Linear):
 class CatDogCNN(nn.Sequential):
     """The seed's CNN. Children, in forward order: conv1, pool1, ..., conv4, pool4, flatten, fc1, fc2.
 
+    ``relu_after_pool=True`` is an exact, faster arrangement of the same computation (see ``ConvReLU``).
+
     Input: (N, 3, 150, 150) floats in [0, 1]. Output: the logit, shape (N, 1); ``sigmoid`` of it is the seed's
     output (probability of "dogs"). 3,453,121 parameters, as the Keras summary.
 
@@ -44,12 +69,13 @@ class CatDogCNN(nn.Sequential):
     columns are permuted: torch column ``c*49 + h*7 + w`` takes Keras row ``(h*7 + w)*128 + c``. Biases copy as is.
     """
 
-    def __init__(self, init: str = "keras") -> None:
+    def __init__(self, init: str = "keras", relu_after_pool: bool = False) -> None:
         layers: list[tuple[str, nn.Module]] = []
         channels = [3, 32, 64, 128, 128]
         for i in range(4):
-            layers.append((f"conv{i + 1}", ConvReLU(channels[i], channels[i + 1], kernel_size=3)))
-            layers.append((f"pool{i + 1}", nn.MaxPool2d(2)))
+            conv = ConvReLU(channels[i], channels[i + 1], kernel_size=3, relu_after_pool=relu_after_pool)
+            layers.append((f"conv{i + 1}", conv))
+            layers.append((f"pool{i + 1}", PoolReLU(relu=relu_after_pool)))
         layers += [("flatten", nn.Flatten()), ("fc1", DenseReLU(128 * 7 * 7, 512)), ("fc2", nn.Linear(512, 1))]
         super().__init__(OrderedDict(layers))
         if init == "keras":

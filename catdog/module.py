@@ -58,10 +58,11 @@ class CatDogModule(pl.LightningModule):
         weight_decay: float = 0.0,
         init: str = "keras",
         channels_last: bool = False,
+        relu_after_pool: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = CatDogCNN(init=init)
+        self.model = CatDogCNN(init=init, relu_after_pool=relu_after_pool)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.metrics = torch.nn.ModuleDict({f"{s}_acc": BinaryAccuracy() for s in ("train", "val", "test")})

@@ -102,3 +102,31 @@ def test_ported_keras_weights_give_the_keras_output():
     for name, keras_nhwc in intermediates.items():
         ours = recorder.records[name].permute(0, 2, 3, 1).numpy()
         np.testing.assert_allclose(ours, keras_nhwc, rtol=1e-4, atol=1e-5 * np.abs(keras_nhwc).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_arrangements_give_the_same_outputs_and_gradients(channels_last):
+    torch.manual_seed(0)
+    plain = CatDogCNN()
+    fast = CatDogCNN(relu_after_pool=True)
+    fast.load_state_dict(plain.state_dict())
+    x = torch.rand(4, 3, 150, 150)
+    x[:2] -= 0.5  # negative inputs: whole pooling windows below zero
+    y = torch.tensor([[0.0], [1.0], [1.0], [0.0]])
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+    grads = []
+    for model, inputs in ((plain, x), (fast, x.contiguous(memory_format=torch.channels_last) if channels_last else x)):
+        logits = model(inputs)
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, y).backward()
+        grads.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-6, atol=1e-6)
+    for name in grads[0][1]:
+        torch.testing.assert_close(grads[0][1][name], grads[1][1][name], rtol=1e-5, atol=1e-7, msg=name)
+    with ActivationRecorder(fast) as recorder, torch.no_grad():
+        fast(x)
+    assert recorder.records["conv1"].min() == 0  # still the post-ReLU output, as the seed plots
+    with ActivationRecorder(plain) as reference, torch.no_grad():
+        plain(x)
+    for name, record in reference.records.items():
+        torch.testing.assert_close(recorder.records[name], record, rtol=1e-6, atol=1e-6, msg=name)
