@@ -1,0 +1,250 @@
+"""catdog's speed against the Keras seed, measured in one run on this machine; prints a Markdown table.
+
+    python bench/run.py --images /path/to/kaggle/train [--keras-python .venv-keras/bin/python] [--quick]
+
+The Keras peer is optional (its rows are skipped with a note when absent). To create it:
+
+    python -m venv .venv-keras && .venv-keras/bin/pip install tensorflow-cpu keras scipy pillow matplotlib
+
+``--images``: a folder of Kaggle-style ``cat.N.jpg``/``dog.N.jpg`` files; 2,000 of them are linked into a
+temporary ``{cats,dogs}`` tree for the data-pipeline and epoch rows. Figures are medians of several repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from catdog.model import CatDogCNN  # noqa: E402
+from catdog.module import KerasRMSprop  # noqa: E402
+
+# (label, channels_last, relu_after_pool, autocast dtype)
+STEP_VARIANTS = [
+    ("float32, plain (the seed's arrangement)", False, False, None),
+    ("float32, channels_last", True, False, None),
+    ("float32, channels_last + relu_after_pool (exact)", True, True, None),
+    ("bf16-mixed, channels_last + relu_after_pool", True, True, torch.bfloat16),
+]
+
+
+def median_rate(run, items: int, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return items / statistics.median(times)
+
+
+def train_step_rate(batch: int, channels_last: bool, relu_after_pool: bool, dtype, repeats: int) -> float:
+    """img/s of catdog's training step: forward, BCE-with-logits, backward, Keras RMSprop, zero_grad."""
+    torch.manual_seed(0)
+    model = CatDogCNN(relu_after_pool=relu_after_pool)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory)
+    optimizer = KerasRMSprop(model.parameters())
+    x = torch.rand(batch, 3, 150, 150).contiguous(memory_format=memory)
+    y = torch.randint(0, 2, (batch, 1)).float()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = F.binary_cross_entropy_with_logits(model(x).float(), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return median_rate(step, batch, repeats)
+
+
+def peer(keras_python: str | None, *args: str) -> dict | None:
+    if not keras_python:
+        return None
+    out = subprocess.run([keras_python, str(REPO / "bench" / "keras_peer.py"), *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"keras peer failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def sample_tree(images: Path, dest: Path, n: int) -> Path:
+    """Link n/2 cats and n/2 dogs from a Kaggle-style folder into dest/{cats,dogs}."""
+    for label in ("cat", "dog"):
+        (dest / f"{label}s").mkdir(parents=True)
+        for i in range(n // 2):
+            source = images / f"{label}.{i}.jpg"
+            try:
+                os.link(source, dest / f"{label}s" / source.name)
+            except OSError:
+                (dest / f"{label}s" / source.name).write_bytes(source.read_bytes())
+    return dest
+
+
+def pipeline_rate(folder: Path, batch: int, repeats: int) -> float:
+    """img/s of the datamodule's loader (decode, resize, scale, collate) with the default worker count."""
+    from catdog.data import CatDogDataModule
+
+    dm = CatDogDataModule(root=str(folder.parent), source=None, batch_size=batch)
+    dm.setup("fit")
+    loader = dm._loader(dm.train_set, shuffle=True)
+    rates = []
+    for _ in range(repeats):
+        start, count = time.perf_counter(), 0
+        for x, _, _ in loader:
+            count += len(x)
+        rates.append(count / (time.perf_counter() - start))
+    return statistics.median(rates[1:] if len(rates) > 1 else rates)  # the first epoch starts the workers
+
+
+def epoch_rate(root: Path, batch: int, extra: list[str]) -> float:
+    """img/s of one training epoch of ``python train.py`` (no validation), from the fit's own timing."""
+    run_dir = root / f"run{len(list(root.glob('run*')))}"
+    command = [
+        sys.executable,
+        str(REPO / "train.py"),
+        f"data.root={root}",
+        "trainer.max_epochs=2",
+        "+trainer.limit_val_batches=0",
+        "+trainer.num_sanity_val_steps=0",
+        "test=false",
+        "callbacks.snapshots=null",
+        "callbacks.curves=null",
+        f"hydra.run.dir={run_dir}",
+        "+callbacks.timer._target_=bench.run.EpochTimer",
+        *extra,
+    ]
+    subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+    seconds = json.loads((run_dir / "epoch_seconds.json").read_text())
+    images = sum(1 for _ in (root / "train").rglob("*.jpg"))
+    return images / seconds[-1]  # the second epoch: workers and caches warm, as in a long run
+
+
+class EpochTimer(pl.Callback):
+    """A Lightning callback (used by epoch_rate) that writes each training epoch's wall time."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds.append(time.perf_counter() - self.start)
+        Path(trainer.default_root_dir, "epoch_seconds.json").write_text(json.dumps(self.seconds))
+
+
+def visualize_seconds(image: Path, out: Path, ckpt: str = "none") -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(REPO / "visualize.py"), f"image={image}", f"ckpt={ckpt}", f"out_dir={out}"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - start
+
+
+def recorder_overhead(repeats: int) -> float:
+    from catdog.hooks import ActivationRecorder
+
+    model = CatDogCNN().eval()
+    x = torch.rand(1, 3, 150, 150)
+    with torch.no_grad():
+        plain = median_rate(lambda: model(x), 1, repeats)
+
+        def recorded() -> None:
+            with ActivationRecorder(model):
+                model(x)
+
+        hooked = median_rate(recorded, 1, repeats)
+    return plain / hooked - 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, required=True, help="a Kaggle-style folder of cat.N.jpg, dog.N.jpg")
+    parser.add_argument("--keras-python", default=str(REPO / ".venv-keras" / "bin" / "python"))
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and images (a smoke run)")
+    args = parser.parse_args()
+    keras = args.keras_python if Path(args.keras_python).exists() else None
+    repeats = 3 if args.quick else 10
+    n_images = 200 if args.quick else 2000
+    rows: list[tuple[str, str]] = []
+
+    def row(what: str, value: str) -> None:
+        rows.append((what, value))
+        print(f"{what}: {value}", file=sys.stderr, flush=True)
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+        f"{'' if keras else '; Keras peer absent: its rows are skipped'}"
+    )
+    for batch in (20, 64):
+        keras_rate = (peer(keras, "step", "--batch", str(batch), "--repeats", str(repeats)) or {}).get("img_per_s")
+        if keras_rate:
+            row(f"training step, batch {batch}: Keras seed (TensorFlow CPU)", f"{keras_rate:.1f} img/s")
+        for label, channels_last, relu_after_pool, dtype in STEP_VARIANTS:
+            rate = train_step_rate(batch, channels_last, relu_after_pool, dtype, repeats)
+            ratio = f" ({rate / keras_rate:.2f}x Keras)" if keras_rate else ""
+            row(f"training step, batch {batch}: catdog {label}", f"{rate:.1f} img/s{ratio}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = sample_tree(args.images, Path(tmp) / "data" / "train", n_images)
+        sample_tree(args.images, Path(tmp) / "data" / "test", 20)
+        step = train_step_rate(20, True, True, None, repeats)
+        pipe = pipeline_rate(tree, 20, 3)
+        row(
+            "data pipeline (files -> batches of 20, default workers)", f"{pipe:.0f} img/s ({pipe / step:.1f}x the step)"
+        )
+        ours = epoch_rate(Path(tmp) / "data", 20, [])
+        keras_epoch = (peer(keras, "epoch", "--folder", str(tree), "--batch", "20") or {}).get("img_per_s")
+        if keras_epoch:
+            row(f"epoch on {n_images} JPEG files: Keras flow_from_directory + fit", f"{keras_epoch:.1f} img/s")
+        ratio = f" ({ours / keras_epoch:.2f}x Keras)" if keras_epoch else ""
+        row(f"epoch on {n_images} JPEG files: python train.py", f"{ours:.1f} img/s{ratio}")
+
+        image = next((tree / "cats").iterdir())
+        ours_s = statistics.median(visualize_seconds(image, Path(tmp) / f"viz{i}") for i in range(3))
+        keras_s = None
+        if keras:
+            model = Path(tmp) / "seed.keras"
+            peer(keras, "save", "--model", str(model))
+            times = []
+            for i in range(3):
+                start = time.perf_counter()
+                if (
+                    peer(keras, "visualize", "--model", str(model), "--image", str(image), "--out", f"{tmp}/kviz{i}")
+                    is None
+                ):
+                    break
+                times.append(time.perf_counter() - start)
+            keras_s = statistics.median(times) if len(times) == 3 else None
+            if keras_s:
+                row("visualize one image, command to files: the seed's step 4 in Keras", f"{keras_s:.2f} s")
+        ratio = f" ({ours_s / keras_s:.2f}x Keras's time)" if keras_s else ""
+        row("visualize one image, command to files: python visualize.py", f"{ours_s:.2f} s{ratio}")
+    row("ActivationRecorder overhead on a forward pass (batch 1)", f"{100 * recorder_overhead(repeats * 3):.1f}%")
+
+    print("\n| measurement | result |\n|---|---|")
+    for what, value in rows:
+        print(f"| {what} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
