@@ -58,7 +58,10 @@ def step(batch: int, repeats: int) -> dict:
 
 def epoch(folder: str, batch: int) -> dict:
     """One epoch of the seed's ``fit`` on ``flow_from_directory`` (JPEG files -> 150x150 -> 1/255)."""
-    from keras.preprocessing.image import ImageDataGenerator
+    try:
+        from keras.preprocessing.image import ImageDataGenerator
+    except ImportError:  # newer Keras 3 keeps the seed's generator only here
+        from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
     generator = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(
         folder, target_size=(150, 150), batch_size=batch, class_mode="binary"
