@@ -98,3 +98,25 @@ def _record_failure(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     status = {"status": "failed", "error": message}
     write_text(Path(HydraConfig.get().runtime.output_dir) / "metrics.json", json.dumps(status, indent=2) + "\n")
+
+
+def run_dotlist(schema: type, run: Callable[[Any], Any], usage: str, argv: list[str] | None = None) -> int:
+    """A small ``key=value`` command line over a dataclass ``schema`` (no Hydra run folder): user errors and
+    bad keys or values are one ``error:`` line and exit code 2."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        overrides = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), overrides))
+        run(cfg)
+    except OmegaConfBaseException as err:
+        print(f"error: {str(err).splitlines()[0]} (usage: {usage})", file=sys.stderr)
+        return 2
+    except Exception as err:
+        message = _user_error(err)
+        if message is None or _wants_traceback([]):
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0

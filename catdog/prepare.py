@@ -270,23 +270,10 @@ class PrepareConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from omegaconf import OmegaConf
+    from catdog.cli import run_dotlist
 
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(PrepareConfig), OmegaConf.from_dotlist(argv or sys.argv[1:]))
-        prepare(**OmegaConf.to_container(cfg))
-    except CatDogError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # bad key=value from the command line (omegaconf's errors)
-        if type(err).__module__.startswith("omegaconf"):
-            print(
-                f"error: {str(err).splitlines()[0]} (usage: python -m catdog.prepare source=PATH_OR_URL)",
-                file=sys.stderr,
-            )
-            return 2
-        raise
-    return 0
+    usage = "python -m catdog.prepare source=PATH_OR_URL"
+    return run_dotlist(PrepareConfig, lambda cfg: prepare(**vars(cfg)), usage, argv)
 
 
 if __name__ == "__main__":

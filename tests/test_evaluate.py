@@ -1,0 +1,32 @@
+import json
+
+import torch
+
+from catdog.evaluate import main
+from catdog.model import CatDogCNN
+
+
+def test_evaluate_a_checkpoint_on_an_image_folder(tmp_path, image_tree, capsys):
+    # a hand-made checkpoint that always says "dog": every cat is wrong, every dog right
+    model = CatDogCNN()
+    with torch.no_grad():
+        model.fc2.weight.zero_()
+        model.fc2.bias.fill_(3.0)
+    ckpt = tmp_path / "dog.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+
+    assert main([f"ckpt={ckpt}", f"data.root={image_tree}", f"out_dir={tmp_path / 'eval'}", "data.num_workers=0"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy 50.00%" in out and "cats      0      8" in out and "dogs      0      8" in out
+    result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert result["images"] == 16 and result["confusion"]["matrix"] == [[0, 8], [0, 8]]
+    assert abs(result["loss"] - 0.5 * (3.0486 + 0.0486)) < 1e-3  # BCE of logit 3 for a cat and for a dog
+    assert len(result["most_wrong"]) == 8 and all("/cats/" in p for p in result["most_wrong"])
+    assert (tmp_path / "eval" / "most_wrong.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_errors_are_one_line(tmp_path, capsys):
+    assert main(["ckpt=none", f"data.root={tmp_path / 'nothing'}"]) == 2
+    assert main(["cpkt=x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error:") for line in err)
