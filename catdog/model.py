@@ -58,6 +58,7 @@ class DenseReLU(nn.Linear):
 class CatDogCNN(nn.Sequential):
     """The seed's CNN. Children, in forward order: conv1, pool1, ..., conv4, pool4, flatten, fc1, fc2.
 
+    ``dropout > 0`` adds a ``dropout`` layer between flatten and fc1 (the book's regularised model).
     ``relu_after_pool=True`` is an exact, faster arrangement of the same computation (see ``ConvReLU``).
 
     Input: (N, 3, 150, 150) floats in [0, 1]. Output: the logit, shape (N, 1); ``sigmoid`` of it is the seed's
@@ -69,14 +70,17 @@ class CatDogCNN(nn.Sequential):
     columns are permuted: torch column ``c*49 + h*7 + w`` takes Keras row ``(h*7 + w)*128 + c``. Biases copy as is.
     """
 
-    def __init__(self, init: str = "keras", relu_after_pool: bool = False) -> None:
+    def __init__(self, init: str = "keras", relu_after_pool: bool = False, dropout: float = 0.0) -> None:
         layers: list[tuple[str, nn.Module]] = []
         channels = [3, 32, 64, 128, 128]
         for i in range(4):
             conv = ConvReLU(channels[i], channels[i + 1], kernel_size=3, relu_after_pool=relu_after_pool)
             layers.append((f"conv{i + 1}", conv))
             layers.append((f"pool{i + 1}", PoolReLU(relu=relu_after_pool)))
-        layers += [("flatten", nn.Flatten()), ("fc1", DenseReLU(128 * 7 * 7, 512)), ("fc2", nn.Linear(512, 1))]
+        layers.append(("flatten", nn.Flatten()))
+        if dropout:  # as the book's second model: dropout before the dense layers
+            layers.append(("dropout", nn.Dropout(dropout)))
+        layers += [("fc1", DenseReLU(128 * 7 * 7, 512)), ("fc2", nn.Linear(512, 1))]
         super().__init__(OrderedDict(layers))
         if init == "keras":
             self.apply(_keras_init)

@@ -59,10 +59,14 @@ class CatDogModule(pl.LightningModule):
         init: str = "keras",
         channels_last: bool = False,
         relu_after_pool: bool = False,
+        dropout: float = 0.0,
+        lr_schedule: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = CatDogCNN(init=init, relu_after_pool=relu_after_pool)
+        if lr_schedule not in (None, "cosine"):
+            raise CatDogError(f"model.lr_schedule must be null or cosine, got {lr_schedule!r}")
+        self.model = CatDogCNN(init=init, relu_after_pool=relu_after_pool, dropout=dropout)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.metrics = torch.nn.ModuleDict({f"{s}_acc": BinaryAccuracy() for s in ("train", "val", "test")})
@@ -102,6 +106,11 @@ class CatDogModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         h = self.hparams
-        return KerasRMSprop(self.parameters(), lr=h.lr, rho=h.rho, eps=h.eps, weight_decay=h.weight_decay)
+        optimizer = KerasRMSprop(self.parameters(), lr=h.lr, rho=h.rho, eps=h.eps, weight_decay=h.weight_decay)
+        if h.lr_schedule != "cosine":
+            return optimizer
+        # cosine decay to zero over the run, stepped per epoch
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.max_epochs))
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

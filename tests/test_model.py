@@ -130,3 +130,13 @@ def test_fast_arrangements_give_the_same_outputs_and_gradients(channels_last):
         plain(x)
     for name, record in reference.records.items():
         torch.testing.assert_close(recorder.records[name], record, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_dropout_and_schedule_options():
+    model = CatDogCNN(dropout=0.5)
+    assert [n for n, _ in model.named_children()][8:] == ["flatten", "dropout", "fc1", "fc2"]
+    assert sum(p.numel() for p in model.parameters()) == 3_453_121
+    from catdog.module import CatDogModule
+
+    with pytest.raises(Exception, match="lr_schedule"):
+        CatDogModule(lr_schedule="step")

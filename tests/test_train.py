@@ -72,3 +72,21 @@ def test_missing_data_is_one_clear_line(tmp_path):
         f"data.root={tmp_path / 'none'}", "data.source=null", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
     )
     assert result.returncode == 2 and "data.source" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_experiment_best_runs_with_augmentation_dropout_schedule_and_early_stopping(tmp_path):
+    data = make_tree(tmp_path / "data", 20, 4)
+    result = run_train(
+        "experiment=best",
+        f"data.root={data}",
+        "trainer.max_epochs=2",
+        "data.num_workers=0",
+        "callbacks.snapshots=null",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "dropout: 0.5" in config and "lr_schedule: cosine" in config and "EarlyStopping" in config
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs"] == 2
