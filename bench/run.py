@@ -96,11 +96,12 @@ def sample_tree(images: Path, dest: Path, n: int) -> Path:
     return dest
 
 
-def pipeline_rate(folder: Path, batch: int, repeats: int) -> float:
+def pipeline_rate(folder: Path, batch: int, repeats: int, cache: bool = False) -> float:
     """img/s of the datamodule's loader (decode, resize, scale, collate) with the default worker count."""
     from catdog.data import CatDogDataModule
 
-    dm = CatDogDataModule(root=str(folder.parent), source=None, batch_size=batch)
+    dm = CatDogDataModule(root=str(folder.parent), source=None, batch_size=batch, cache=cache)
+    dm.prepare_data()
     dm.setup("fit")
     loader = dm._loader(dm.train_set, shuffle=True)
     rates = []
@@ -110,6 +111,32 @@ def pipeline_rate(folder: Path, batch: int, repeats: int) -> float:
             count += len(x)
         rates.append(count / (time.perf_counter() - start))
     return statistics.median(rates[1:] if len(rates) > 1 else rates)  # the first epoch starts the workers
+
+
+def data_wait_fraction(folder: Path, batch: int, cache: bool) -> float:
+    """Share of a training epoch (the second: workers started) spent waiting for the next batch."""
+    from catdog.data import CatDogDataModule
+
+    dm = CatDogDataModule(root=str(folder.parent), source=None, batch_size=batch, cache=cache)
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm._loader(dm.train_set, shuffle=True)
+    model = CatDogCNN(relu_after_pool=True).to(memory_format=torch.channels_last)
+    optimizer = KerasRMSprop(model.parameters())
+    for epoch in range(2):
+        waited, start = 0.0, time.perf_counter()
+        batches = iter(loader)
+        while True:
+            before = time.perf_counter()
+            try:
+                x, y, _ = next(batches)
+            except StopIteration:
+                break
+            waited += time.perf_counter() - before
+            F.binary_cross_entropy_with_logits(model(x.contiguous(memory_format=torch.channels_last)), y).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return waited / (time.perf_counter() - start)
 
 
 def epoch_rate(root: Path, batch: int, extra: list[str]) -> float:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import multiprocessing
 import os
 import warnings
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
@@ -17,7 +21,7 @@ from torchvision.transforms import Compose, InterpolationMode, RandomAffine, Ran
 from catdog import CLASSES, CatDogError
 from catdog.model import INPUT_SIZE
 from catdog.prepare import IMAGE_EXTENSIONS, MICROSOFT_URL, prepare
-from catdog.preprocess import Preprocess, load_rgb
+from catdog.preprocess import Preprocess, load_rgb, resize, to_tensor
 
 
 def default_workers() -> int:
@@ -46,12 +50,72 @@ class CatDogImageFolder(ImageFolder):
                 raise CatDogError(f"class folder {os.path.join(directory, name)} holds no images")
         return samples
 
+    cache: Path | None = None  # set by use_cache: decoded pixels instead of files
+    _pixels = _valid = None
+
+    def use_cache(self, cache: Path, augment: Compose | None) -> None:
+        """Read the decoded, resized uint8 pixels from ``cache`` (see ``build_cache``), then ``augment``."""
+        self.cache, self.augment = cache, augment
+
+    def __getstate__(self) -> dict:  # DataLoader workers map the cache themselves, never copy it
+        return {**self.__dict__, "_pixels": None, "_valid": None}
+
     def __getitem__(self, index: int):
+        if self.cache is not None:
+            if self._pixels is None:
+                self._pixels = np.load(self.cache, mmap_mode="r")
+                self._valid = np.load(self.cache.with_suffix(".valid.npy"))
+            if not self._valid[index]:
+                return None  # failed to decode when the cache was built (and warned then)
+            x = to_tensor(self._pixels[index])
+            x = x if self.augment is None else self.augment(x)
+            return x, self.target_transform(self.targets[index])
         try:
             return super().__getitem__(index)
         except BAD_IMAGE_ERRORS as err:
             warnings.warn(f"skipped {self.samples[index][0]}: {type(err).__name__}: {err}", stacklevel=1)
             return None
+
+
+def _decode_resized(job: tuple[str, tuple[int, int], str, bool]) -> np.ndarray | None:
+    path, size, interpolation, exif_transpose = job
+    try:
+        return np.asarray(resize(load_rgb(path, exif_transpose), size, interpolation))
+    except BAD_IMAGE_ERRORS as err:
+        warnings.warn(f"skipped {path}: {type(err).__name__}: {err}", stacklevel=1)
+        return None
+
+
+def build_cache(dataset: CatDogImageFolder, preprocess: Preprocess, exif_transpose: bool, workers: int) -> Path:
+    """Decode and resize every image of ``dataset`` once into ``<folder>/../.cache/<split>-<key>.npy``, a uint8
+    (N, H, W, 3) array that later epochs and runs memory-map. The key covers the file list (names, sizes,
+    modification times) and the preprocessing, so any change makes a new cache; older ones for the split are
+    removed. Written to a temporary file and renamed: an interrupted build leaves no cache behind."""
+    folder = Path(dataset.root)
+    listing = [(os.path.relpath(p, folder), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p, _ in dataset.samples]
+    settings = [list(preprocess.size), preprocess.interpolation, exif_transpose]
+    key = hashlib.sha1(json.dumps([listing, settings]).encode()).hexdigest()[:16]
+    cache_dir = folder.parent / ".cache"
+    cache = cache_dir / f"{folder.name}-{key}.npy"
+    if cache.exists():
+        return cache
+    cache_dir.mkdir(exist_ok=True)
+    h, w = preprocess.size
+    tmp = cache_dir / f".{cache.name}.tmp.npy"
+    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(listing), h, w, 3))
+    valid = np.zeros(len(listing), dtype=bool)
+    jobs = [(p, (h, w), preprocess.interpolation, exif_transpose) for p, _ in dataset.samples]
+    with multiprocessing.get_context("spawn").Pool(max(1, workers)) as pool:
+        for i, array in enumerate(pool.imap(_decode_resized, jobs, chunksize=64)):
+            if array is not None:
+                pixels[i], valid[i] = array, True
+    pixels.flush()
+    del pixels
+    for old in cache_dir.glob(f"{folder.name}-*.npy"):
+        old.unlink()
+    np.save(cache.with_suffix(".valid.npy"), valid)
+    os.replace(tmp, cache)
+    return cache
 
 
 def collate_skipping_bad(samples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -132,6 +196,7 @@ class CatDogDataModule(pl.LightningDataModule):
         interpolation: str = "nearest",
         exif_transpose: bool = False,
         augment: dict | None = None,
+        cache: bool = False,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         val_fraction: float = 0.0,
@@ -146,6 +211,7 @@ class CatDogDataModule(pl.LightningDataModule):
         self.preprocess = Preprocess(tuple(image_size), interpolation)
         self.exif_transpose = exif_transpose
         self.augment = make_augment(**augment) if augment else None
+        self.cache = cache
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.val_fraction = val_fraction
@@ -158,22 +224,32 @@ class CatDogDataModule(pl.LightningDataModule):
             if not self.source:
                 raise CatDogError(f"{self.root} does not exist; set data.source=/path/to/train.zip (or a URL)")
             prepare(self.source, self.root, test_fraction=self.test_fraction, seed=self.split_seed)
+        if self.cache:  # once, on local rank 0, before setup
+            for split in ("train", "test"):
+                folder = image_folder(self.root / split, self.preprocess, self.exif_transpose)
+                build_cache(folder, self.preprocess, self.exif_transpose, self.num_workers)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        augmented = self.preprocess if self.augment is None else Compose([self.preprocess, self.augment])
-        train = image_folder(self.root / "train", augmented, self.exif_transpose)
-        self.test_set = image_folder(self.root / "test", self.preprocess, self.exif_transpose)
+        train = self._folder("train", self.augment)
+        self.test_set = self._folder("test", None)
         if self.val_fraction > 0:
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
             n_val = round(len(train) * self.val_fraction)
-            plain = train if self.augment is None else image_folder(self.root / "train", self.preprocess)
+            plain = train if self.augment is None else self._folder("train", None)
             self.train_set, self.val_set = Subset(train, order[n_val:]), Subset(plain, order[:n_val])
         else:
             self.train_set, self.val_set = train, self.test_set
         # drawn from torch's generator, so seed= fixes it; the same in a resumed run as in the first
         self.shuffle_seed = int(torch.randint(0, 2**31, (1,)))
+
+    def _folder(self, split: str, augment: Compose | None) -> CatDogImageFolder:
+        transform = self.preprocess if augment is None else Compose([self.preprocess, augment])
+        folder = image_folder(self.root / split, transform, self.exif_transpose)
+        if self.cache:
+            folder.use_cache(build_cache(folder, self.preprocess, self.exif_transpose, self.num_workers), augment)
+        return folder
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -122,3 +122,27 @@ def test_augmentation_changes_train_images_only(image_tree):
     plain = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, augment={"hflip": False})
     plain.setup("fit")
     assert plain.augment is None and torch.equal(plain.train_set[0][0], plain.train_set[0][0])
+
+
+def test_decoded_cache_gives_the_same_batches_and_is_rebuilt_when_files_change(image_tree):
+    (image_tree / "train" / "dogs" / "junk.jpg").write_bytes(b"junk")
+    plain = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, batch_size=100)
+    cached = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, batch_size=100, cache=True)
+    plain.setup("fit")
+    cached.prepare_data()  # builds the caches in worker processes (which warn about junk.jpg on stderr)
+    cached.setup("fit")
+    caches = sorted(p.name for p in (image_tree / ".cache").glob("*.npy") if ".valid" not in p.name)
+    assert [c.split("-")[0] for c in caches] == ["test", "train"]
+    with pytest.warns(UserWarning):
+        a = next(iter(plain._loader(plain.train_set, shuffle=False)))
+    b = next(iter(cached._loader(cached.train_set, shuffle=False)))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2] == 1
+
+    again = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, cache=True)
+    again.setup("fit")  # nothing changed: the same cache file
+    assert sorted(p.name for p in (image_tree / ".cache").glob("*.npy") if ".valid" not in p.name) == caches
+    (image_tree / "train" / "cats" / "new.jpg").write_bytes(jpeg_bytes(99))
+    changed = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, cache=True)
+    changed.setup("fit")
+    now = sorted(p.name for p in (image_tree / ".cache").glob("train-*.npy") if ".valid" not in p.name)
+    assert len(now) == 1 and now[0] not in caches and len(changed.train_set) == 50  # rebuilt, the old one removed
