@@ -123,7 +123,7 @@ def data_wait_fraction(folder: Path, batch: int, cache: bool) -> float:
     loader = dm._loader(dm.train_set, shuffle=True)
     model = CatDogCNN(relu_after_pool=True).to(memory_format=torch.channels_last)
     optimizer = KerasRMSprop(model.parameters())
-    for epoch in range(2):
+    for _epoch in range(2):  # the second epoch counts: workers started
         waited, start = 0.0, time.perf_counter()
         batches = iter(loader)
         while True:
