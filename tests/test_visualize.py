@@ -105,6 +105,8 @@ def test_untrained_network_says_so_and_filters_mode(tmp_path, picture):
 
 def test_user_errors_are_one_line(tmp_path, picture):
     assert "not found" in one_line_error(run_script("visualize.py", "image=nope.jpg", "ckpt=none", cwd=tmp_path))
+    debug = run_script("visualize.py", "image=nope.jpg", "ckpt=none", "debug=true", cwd=tmp_path)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr  # the full story when asked for
     assert "ckpt=latest found no checkpoint" in one_line_error(
         run_script("visualize.py", f"image={picture}", cwd=tmp_path)
     )
