@@ -46,7 +46,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     ckpt = find_checkpoint(cfg.ckpt)
     model, preprocessing = load_model(ckpt)
     preprocess = Preprocess(tuple(preprocessing["image_size"]), preprocessing["interpolation"])
-    dataset = image_folder(Path(cfg.data.root) / cfg.split, preprocess)
+    dataset = image_folder(Path(cfg.data.root) / cfg.split, preprocess, preprocessing["exif_transpose"])
     workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=workers, collate_fn=collate_skipping_bad)
     logits, labels = [], []
@@ -77,7 +77,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     if order and len(samples) == len(label):
         tiles = []
         for i in order:
-            image = resize(load_rgb(samples[i][0]), tuple(preprocessing["image_size"]))
+            image = load_rgb(samples[i][0], preprocessing["exif_transpose"])
+            image = resize(image, preprocess.size, preprocess.interpolation)
             true, guess = CLASSES[int(label[i])][:-1], CLASSES[int(predicted[i])][:-1]
             tiles.append(with_title(image, f"{true}: {guess} {max(p_dog[i], 1 - p_dog[i]):.2f}", size=12))
         rows = [beside(*tiles[k : k + 8], gap=4) for k in range(0, len(tiles), 8)]

@@ -56,7 +56,7 @@ def find_checkpoint(spec: str) -> Path | None:
 def load_model(ckpt: Path | None) -> tuple[CatDogCNN, dict]:
     """The network from a train.py checkpoint (read with ``weights_only``: no pickled code runs) and the
     preprocessing it was trained with; ``None`` gives the untrained network (Keras init, seed 0)."""
-    preprocessing = {"image_size": list(INPUT_SIZE), "interpolation": "nearest"}
+    preprocessing = {"image_size": list(INPUT_SIZE), "interpolation": "nearest", "exif_transpose": False}
     if ckpt is None:
         torch.manual_seed(0)
         return CatDogCNN().eval(), preprocessing
@@ -113,7 +113,8 @@ def visualize_image(
 ) -> dict:
     """Everything for one image into ``out_dir``; returns the manifest (also written as manifest.json)."""
     try:
-        image = resize(load_rgb(path), tuple(preprocessing["image_size"]), preprocessing["interpolation"])
+        image = load_rgb(path, preprocessing.get("exif_transpose", False))
+        image = resize(image, tuple(preprocessing["image_size"]), preprocessing["interpolation"])
     except Image.DecompressionBombError as err:
         raise CatDogError(f"refused image {path}: too many pixels, a possible decompression bomb ({err})") from err
     except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for files that are not images
