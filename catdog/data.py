@@ -118,6 +118,23 @@ def build_cache(dataset: CatDogImageFolder, preprocess: Preprocess, exif_transpo
     return cache
 
 
+class CachedIndices(Dataset):
+    """``(index, label)`` per cached image of ``folder``, ``offset`` into the pixels the datamodule holds on the
+    device: ``on_after_batch_transfer`` gathers each batch there, so no worker decodes, scales or copies images."""
+
+    def __init__(self, folder: CatDogImageFolder, offset: int) -> None:
+        self.valid = np.load(folder.cache.with_suffix(".valid.npy"))
+        self.targets, self.target_transform, self.offset = folder.targets, folder.target_transform, offset
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        if not self.valid[index]:
+            return None  # failed to decode when the cache was built (and warned then)
+        return torch.tensor(self.offset + index), self.target_transform(self.targets[index])
+
+
 def collate_skipping_bad(samples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Default collation of the good samples, plus how many were bad (``None``), for the module to log."""
     good = [s for s in samples if s is not None]
@@ -197,6 +214,7 @@ class CatDogDataModule(pl.LightningDataModule):
         exif_transpose: bool = False,
         augment: dict | None = None,
         cache: bool = False,
+        cache_on_device: bool | str = "auto",
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         val_fraction: float = 0.0,
@@ -212,6 +230,10 @@ class CatDogDataModule(pl.LightningDataModule):
         self.exif_transpose = exif_transpose
         self.augment = make_augment(**augment) if augment else None
         self.cache = cache
+        if cache_on_device not in (True, False, "auto"):
+            raise CatDogError(f"data.cache_on_device must be true, false or auto, got {cache_on_device!r}")
+        self.cache_on_device = cache_on_device
+        self.pixels: torch.Tensor | None = None  # the cached uint8 images on the device, when held there
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.val_fraction = val_fraction
@@ -234,6 +256,11 @@ class CatDogDataModule(pl.LightningDataModule):
             return
         train = self._folder("train", self.augment)
         self.test_set = self._folder("test", None)
+        device = self._cache_device(train, self.test_set)
+        if device is not None:
+            pixels = [np.load(folder.cache, mmap_mode="r") for folder in (train, self.test_set)]
+            self.pixels = torch.from_numpy(np.concatenate(pixels)).to(device)
+            train, self.test_set = CachedIndices(train, 0), CachedIndices(self.test_set, len(pixels[0]))
         if self.val_fraction > 0:
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
             n_val = round(len(train) * self.val_fraction)
@@ -244,6 +271,33 @@ class CatDogDataModule(pl.LightningDataModule):
         # drawn from torch's generator, so seed= fixes it; the same in a resumed run as in the first
         self.shuffle_seed = int(torch.randint(0, 2**31, (1,)))
 
+    def _cache_device(self, *folders: CatDogImageFolder) -> torch.device | None:
+        """Where to hold the cached images: the training device when ``cache_on_device`` is true, or when it is
+        auto, the device is a GPU, there is no augmentation (it runs in the workers) and they fit in half of the
+        GPU's free memory; else None (workers read the memory-mapped file)."""
+        if not self.cache or self.cache_on_device is False:
+            return None
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self.cache_on_device is True:
+            if self.augment is not None:
+                raise CatDogError("data.cache_on_device=true needs data.augment off (augmentation runs in the workers)")
+            return device
+        if device.type != "cuda" or self.augment is not None:
+            return None
+        size = sum(folder.cache.stat().st_size for folder in folders)
+        if size > torch.cuda.mem_get_info(device)[0] / 2:
+            print(f"data.cache_on_device=auto: {size / 2**30:.1f} GiB of cached images would not fit on {device}")
+            return None
+        return device
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With the cache on the device, batches arrive as indices: gather and scale their pixels there
+        (NHWC uint8 -> NCHW float in [0, 1], channels_last in memory, as the model wants it)."""
+        if self.pixels is None or len(batch[0]) == 0:
+            return batch
+        index, y, skipped = batch
+        return self.pixels[index].permute(0, 3, 1, 2).float().mul_(1 / 255), y, skipped
+
     def _folder(self, split: str, augment: Compose | None) -> CatDogImageFolder:
         transform = self.preprocess if augment is None else Compose([self.preprocess, augment])
         folder = image_folder(self.root / split, transform, self.exif_transpose)
@@ -252,13 +306,14 @@ class CatDogDataModule(pl.LightningDataModule):
         return folder
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        workers = 0 if self.pixels is not None else self.num_workers  # indices only: no work for workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            pin_memory=self.pin_memory and self.pixels is None,
+            persistent_workers=workers > 0,
             collate_fn=collate_skipping_bad,
         )
 

@@ -1,12 +1,17 @@
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from PIL import Image
 
 from catdog import CatDogError
 from catdog.data import CatDogDataModule
+from catdog.module import CatDogModule
 from catdog.preprocess import Preprocess, load_rgb
 from tests.conftest import jpeg_bytes
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+QUIET = dict(enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 
 
 def test_batches_are_keras_preprocessed(image_tree):
@@ -146,3 +151,43 @@ def test_decoded_cache_gives_the_same_batches_and_is_rebuilt_when_files_change(i
     changed.setup("fit")
     now = sorted(p.name for p in (image_tree / ".cache").glob("train-*.npy") if ".valid" not in p.name)
     assert len(now) == 1 and now[0] not in caches and len(changed.train_set) == 50  # rebuilt, the old one removed
+
+
+def _batches(dm: CatDogDataModule, dataset) -> list:
+    return [dm.on_after_batch_transfer(b, 0) for b in dm._loader(dataset, shuffle=False)]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_cache_on_device_gives_the_same_batches_as_the_workers(image_tree, device):
+    (image_tree / "train" / "dogs" / "junk.jpg").write_bytes(b"junk")
+    settings = dict(root=str(image_tree), source=None, num_workers=0, batch_size=16, cache=True, val_fraction=0.2)
+    mapped = CatDogDataModule(**settings, cache_on_device=False)
+    mapped.prepare_data()
+    mapped.setup("fit")
+    held = CatDogDataModule(**settings, cache_on_device=True if device == "cpu" else "auto")
+    held.trainer = pl.Trainer(accelerator=device, devices=1, logger=False, **QUIET)  # auto asks the trainer's device
+    held.setup("fit")
+    assert held.pixels is not None and held.pixels.device.type == device and held.pixels.dtype == torch.uint8
+    for split in ("train_set", "val_set", "test_set"):
+        for (x, y, bad), (hx, hy, hbad) in zip(
+            _batches(mapped, getattr(mapped, split)), _batches(held, getattr(held, split)), strict=True
+        ):
+            assert torch.equal(x, hx.cpu()) and torch.equal(y, hy) and bad == hbad
+            assert hx.is_contiguous(memory_format=torch.channels_last)
+    assert sum(int(b[2]) for b in _batches(held, held.train_set) + _batches(held, held.val_set)) == 1  # junk.jpg
+
+    with pytest.raises(CatDogError, match="augment"):
+        CatDogDataModule(**settings, cache_on_device=True, augment={"hflip": True}).setup("fit")
+    cpu_auto = CatDogDataModule(**settings)
+    cpu_auto.setup("fit")
+    assert cpu_auto.pixels is None  # auto holds them on a GPU only
+
+
+def test_a_fit_reads_the_cache_on_the_device(image_tree):
+    dm = CatDogDataModule(root=str(image_tree), source=None, batch_size=8, cache=True, cache_on_device=True)
+    module = CatDogModule(channels_last=True, relu_after_pool=True)
+    trainer = pl.Trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, default_root_dir=image_tree, **QUIET
+    )
+    trainer.fit(module, datamodule=dm)
+    assert dm.pixels is not None and trainer.callback_metrics["train_loss"].isfinite()
