@@ -239,6 +239,14 @@ def main() -> None:
         row(
             "data pipeline (files -> batches of 20, default workers)", f"{pipe:.0f} img/s ({pipe / step:.1f}x the step)"
         )
+        cached = pipeline_rate(tree, 20, 3, cache=True)
+        row(
+            "data pipeline, data.cache=true (memory-mapped uint8)",
+            f"{cached:.0f} img/s ({cached / step:.1f}x the step)",
+        )
+        for cache in (False, True):
+            wait = data_wait_fraction(tree, 20, cache)
+            row(f"share of a training epoch (the 2nd) waiting for data, cache={cache}", f"{100 * wait:.1f}%")
         ours = epoch_rate(Path(tmp) / "data", 20, [])
         keras_epoch = (peer(keras, "epoch", "--folder", str(tree), "--batch", "20") or {}).get("img_per_s")
         if keras_epoch:
