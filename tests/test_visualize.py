@@ -1,16 +1,19 @@
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from catdog.filters import filter_patterns
 from catdog.gradcam import gradcam
 from catdog.model import CatDogCNN
-from tests.conftest import jpeg_bytes, run_script
+from tests.conftest import REPO, jpeg_bytes, run_script
 
 LAYERS = ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "conv4", "pool4"]
 
@@ -218,3 +221,21 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     assert decodes(path.read_bytes()).startswith("refused, too many pixels")
     with pytest.raises(CatDogError, match="too many pixels"):
         visualize_image(CatDogCNN(), path, tmp_path / "out", {"image_size": [150, 150], "interpolation": "nearest"})
+
+
+def test_compare_models_prints_silent_channels_and_draws_both_models(trained_run, tmp_path):
+    ckpt = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    test = trained_run.parent / "data" / "test"
+    figure = tmp_path / "cmp.png"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "docs" / "compare_models.py"), str(ckpt), str(ckpt), str(test), "--n", "10"]
+        + ["--images", "cats/cat.0.jpg", "dogs/dog.0.jpg", "--figure", str(figure)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| conv")]
+    assert [r[0].split()[0] for r in rows] == ["conv1", "conv2", "conv3", "conv4"]
+    for _, seed_share, best_share, seed_dead, best_dead in rows:
+        assert seed_share == best_share and seed_dead == best_dead  # the same checkpoint twice
+    assert Image.open(figure).size[1] > 4 * 150  # four rows: two images x two models
