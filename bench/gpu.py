@@ -26,6 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.run import train_command  # noqa: E402
+
 # (label, batch, extra overrides)
 RUNS = [
     ("batch 20, float32", 20, ["trainer.precision=32-true"]),
@@ -82,25 +84,18 @@ def make_root(images: Path, dest: Path, train_images: int) -> Path:
 
 
 def train_rate(root: Path, run_dir: Path, batch: int, steps: int, warmup: int, extra: list[str], accelerator: str):
-    command = [
-        sys.executable,
-        str(REPO / "train.py"),
-        f"data.root={root}",
+    command = train_command(
+        root,
+        run_dir,
         "data.cache=true",
         f"data.batch_size={batch}",
         f"trainer.accelerator={accelerator}",
         f"+trainer.max_steps={steps}",
         "trainer.max_epochs=-1",
-        "+trainer.limit_val_batches=0",
-        "+trainer.num_sanity_val_steps=0",
-        "test=false",
-        "callbacks.snapshots=null",
-        "callbacks.curves=null",
         "+callbacks.rate._target_=bench.gpu.StepRate",
         f"+callbacks.rate.warmup={warmup}",
-        f"hydra.run.dir={run_dir}",
         *extra,
-    ]
+    )
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:
         print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)

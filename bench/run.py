@@ -139,23 +139,28 @@ def data_wait_fraction(folder: Path, batch: int, cache: bool) -> float:
     return waited / (time.perf_counter() - start)
 
 
-def epoch_rate(root: Path, batch: int, extra: list[str]) -> float:
-    """img/s of one training epoch of ``python train.py`` (no validation), from the fit's own timing."""
-    run_dir = root / f"run{len(list(root.glob('run*')))}"
-    command = [
+def train_command(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """``python train.py`` on ``root`` for timing: no validation, no test, no figures; ``extra`` overrides."""
+    return [
         sys.executable,
         str(REPO / "train.py"),
         f"data.root={root}",
-        "trainer.max_epochs=2",
         "+trainer.limit_val_batches=0",
         "+trainer.num_sanity_val_steps=0",
         "test=false",
         "callbacks.snapshots=null",
         "callbacks.curves=null",
         f"hydra.run.dir={run_dir}",
-        "+callbacks.timer._target_=bench.run.EpochTimer",
         *extra,
     ]
+
+
+def epoch_rate(root: Path, batch: int, extra: list[str]) -> float:
+    """img/s of one training epoch of ``python train.py`` (no validation), from the fit's own timing."""
+    run_dir = root / f"run{len(list(root.glob('run*')))}"
+    command = train_command(
+        root, run_dir, "trainer.max_epochs=2", "+callbacks.timer._target_=bench.run.EpochTimer", *extra
+    )
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     seconds = json.loads((run_dir / "epoch_seconds.json").read_text())
     images = sum(1 for _ in (root / "train").rglob("*.jpg"))

@@ -25,7 +25,9 @@ from catdog.visualize import gradcam_page, load_model  # noqa: E402
 
 
 def pixels(path: Path, preprocessing: dict):
-    return resize(load_rgb(path), tuple(preprocessing["image_size"]), preprocessing["interpolation"])
+    """The image as the checkpoint was trained to see it (the same steps as visualize.py)."""
+    image = load_rgb(path, preprocessing.get("exif_transpose", False))
+    return resize(image, tuple(preprocessing["image_size"]), preprocessing["interpolation"])
 
 
 def silence(model, preprocessing: dict, paths: list[Path]) -> dict[str, tuple[float, int, int]]:
@@ -61,8 +63,8 @@ def main() -> None:
     rows = []
     for image in args.images:
         for name, (model, pre) in models.items():
-            x = to_tensor(pixels(args.folder / image, pre))[None]
-            rows.append(with_title(gradcam_page(model, x, pixels(args.folder / image, pre), "conv4"), f"{name} model"))
+            picture = pixels(args.folder / image, pre)
+            rows.append(with_title(gradcam_page(model, to_tensor(picture)[None], picture, "conv4"), f"{name} model"))
     save_png(below(*rows, gap=8), args.figure)
     print(f"wrote {args.figure}")
 
