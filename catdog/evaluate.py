@@ -1,7 +1,9 @@
 """Evaluate any checkpoint on any ImageFolder with classes cats and dogs.
 
     python -m catdog.evaluate ckpt=PATH|latest [data.root=data/processed_data] [split=test] [out_dir=.] [wrong=16]
+                              [tta=false]
 
+``tta=true`` also predicts each image mirrored left-right and averages the two logits.
 Prints accuracy, loss and the confusion matrix; writes ``evaluation.json`` and ``most_wrong.png`` (the images
 the model got wrong with the most confidence) to ``out_dir``.
 """
@@ -32,6 +34,7 @@ class EvaluateConfig:
     split: str = "test"
     out_dir: str = "."
     wrong: int = 16
+    tta: bool = False
     data: DataConfig = field(default_factory=DataConfig)
 
 
@@ -53,7 +56,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     with torch.no_grad():
         for x, y, _ in loader:
             if len(x):
-                logits.append(model(x)[:, 0])
+                logit = model(x)[:, 0]
+                logits.append((logit + model(x.flip(3))[:, 0]) / 2 if cfg.tta else logit)
                 labels.append(y[:, 0])
     if not logits:
         raise CatDogError(f"no readable images under {Path(cfg.data.root) / cfg.split}")
@@ -64,6 +68,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "checkpoint": str(ckpt) if ckpt else "none",
         "data": str(Path(cfg.data.root) / cfg.split),
         "images": len(label),
+        "tta": cfg.tta,
         "accuracy": float((predicted == label).float().mean()),
         "loss": float(F.binary_cross_entropy_with_logits(logit, label)),
         "confusion": {"rows: true, columns: predicted": list(CLASSES), "matrix": confusion},
@@ -94,7 +99,8 @@ def report(result: dict) -> str:
     return "\n".join(
         [
             f"{result['data']}: {result['images']} images, checkpoint {result['checkpoint']}",
-            f"accuracy {100 * result['accuracy']:.2f}%   loss {result['loss']:.4f}",
+            f"accuracy {100 * result['accuracy']:.2f}%   loss {result['loss']:.4f}"
+            + ("   (tta: logits averaged with the mirrored image's)" if result["tta"] else ""),
             "confusion (rows true, columns predicted):",
             "        cats   dogs",
             f"cats  {tn:5d}  {fp:5d}",

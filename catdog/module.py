@@ -50,6 +50,8 @@ class CatDogModule(pl.LightningModule):
     All arguments are saved as hyper-parameters, so ``CatDogModule.load_from_checkpoint(path)`` needs no config.
     """
 
+    CHECK_EVERY = 50  # steps between reads of the non-finite-loss watch (each read waits for the device)
+
     def __init__(
         self,
         lr: float = 1e-3,
@@ -70,6 +72,7 @@ class CatDogModule(pl.LightningModule):
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.metrics = torch.nn.ModuleDict({f"{s}_acc": BinaryAccuracy() for s in ("train", "val", "test")})
+        self._first_bad: tuple[torch.Tensor, torch.Tensor] | None = None  # step and value of a non-finite loss
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -84,11 +87,8 @@ class CatDogModule(pl.LightningModule):
             return None  # every file of the batch was bad: Lightning skips the step
         logits = self(x)
         loss = F.binary_cross_entropy_with_logits(logits, y)
-        if stage == "train" and not torch.isfinite(loss):
-            raise CatDogError(
-                f"the training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
-                "lower model.lr, or check the data"
-            )
+        if stage == "train":
+            self._watch_loss(loss)
         accuracy = self.metrics[f"{stage}_acc"]
         accuracy(logits, y)  # torchmetrics applies the sigmoid to logits and thresholds at 0.5
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
@@ -97,8 +97,30 @@ class CatDogModule(pl.LightningModule):
             self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
         return loss
 
+    def _watch_loss(self, loss: torch.Tensor) -> None:
+        """Stop on the first non-finite training loss. The step and loss are kept on the device and read every
+        ``CHECK_EVERY`` steps and at the epoch's end, so a GPU never waits for the host at each step."""
+        if self._first_bad is None:
+            self._first_bad = (torch.full((), -1, device=loss.device), torch.zeros_like(loss))
+        first_step, first_loss = self._first_bad
+        new = ~torch.isfinite(loss) & (first_step < 0)
+        self._first_bad = (torch.where(new, self.global_step, first_step), torch.where(new, loss.detach(), first_loss))
+        if self.global_step % self.CHECK_EVERY == 0:
+            self._raise_if_bad()
+
+    def _raise_if_bad(self) -> None:
+        if self._first_bad is not None and self._first_bad[0] >= 0:
+            step, loss = (t.item() for t in self._first_bad)
+            raise CatDogError(
+                f"the training loss is {loss} at step {step} (epoch {self.current_epoch}); "
+                "lower model.lr, or check the data"
+            )
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
+
+    def on_train_epoch_end(self) -> None:
+        self._raise_if_bad()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")

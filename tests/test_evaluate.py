@@ -30,3 +30,29 @@ def test_evaluate_errors_are_one_line(tmp_path, capsys):
     assert main(["cpkt=x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error:") for line in err)
+
+
+def test_tta_averages_the_logits_of_the_image_and_its_mirror(tmp_path, image_tree):
+    from catdog.data import image_folder
+    from catdog.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    model = CatDogCNN()
+    ckpt = tmp_path / "random.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    losses = {}
+    for tta in (False, True):
+        out = tmp_path / f"tta{tta}"
+        args = [f"ckpt={ckpt}", f"data.root={image_tree}", f"out_dir={out}", "data.num_workers=0", f"tta={tta}"]
+        assert main(args) == 0
+        losses[tta] = json.loads((out / "evaluation.json").read_text())["loss"]
+
+    folder = image_folder(image_tree / "test", Preprocess())
+    x = torch.stack([folder[i][0] for i in range(len(folder))])
+    y = torch.tensor([float(label) for _, label in folder.samples])
+    with torch.no_grad():
+        plain, mirrored = model(x)[:, 0], model(x.flip(3))[:, 0]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert abs(losses[False] - float(bce(plain, y))) < 1e-5
+    assert abs(losses[True] - float(bce((plain + mirrored) / 2, y))) < 1e-5
+    assert abs(losses[True] - losses[False]) > 1e-4  # the mirror changes the logits of a random model
