@@ -92,6 +92,7 @@ def train_rate(root: Path, run_dir: Path, batch: int, steps: int, warmup: int, e
         f"trainer.accelerator={accelerator}",
         f"+trainer.max_steps={steps}",
         "trainer.max_epochs=-1",
+        "callbacks.progress_bar=null",  # its per-step read of the loss would make the host wait for the GPU
         "+callbacks.rate._target_=bench.gpu.StepRate",
         f"+callbacks.rate.warmup={warmup}",
         *extra,
