@@ -193,6 +193,13 @@ def image_folder(path: Path, transform: Preprocess, exif_transpose: bool = False
     return CatDogImageFolder(str(path), transform=transform, loader=loader, target_transform=_as_float)
 
 
+def val_split(size: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """The indices of train/ carved out for validation, and the rest: deterministic for ``seed``."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = round(size * fraction)
+    return order[:n_val], order[n_val:]
+
+
 def _as_float(label: int) -> torch.Tensor:
     return torch.tensor([float(label)])  # shape (1,), like the model's logit
 
@@ -262,10 +269,9 @@ class CatDogDataModule(pl.LightningDataModule):
             self.pixels = torch.from_numpy(np.concatenate(pixels)).to(device)
             train, self.test_set = CachedIndices(train, 0), CachedIndices(self.test_set, len(pixels[0]))
         if self.val_fraction > 0:
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
-            n_val = round(len(train) * self.val_fraction)
+            val, rest = val_split(len(train), self.val_fraction, self.split_seed)
             plain = train if self.augment is None else self._folder("train", None)
-            self.train_set, self.val_set = Subset(train, order[n_val:]), Subset(plain, order[:n_val])
+            self.train_set, self.val_set = Subset(train, rest), Subset(plain, val)
         else:
             self.train_set, self.val_set = train, self.test_set
         # drawn from torch's generator, so seed= fixes it; the same in a resumed run as in the first

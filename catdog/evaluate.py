@@ -3,6 +3,8 @@
     python -m catdog.evaluate ckpt=PATH|latest [data.root=data/processed_data] [split=test] [out_dir=.] [wrong=16]
                               [tta=false]
 
+``split=val`` evaluates the validation set that training carves out of ``train/`` (``data.val_fraction``,
+``data.split_seed``: the same images as ``experiment=best`` validated on), for choosing settings without test/.
 ``tta=true`` also predicts each image mirrored left-right and averages the two logits.
 Prints accuracy, loss and the confusion matrix; writes ``evaluation.json`` and ``most_wrong.png`` (the images
 the model got wrong with the most confidence) to ``out_dir``.
@@ -26,6 +28,8 @@ class DataConfig:
     root: str = "data/processed_data"
     batch_size: int = 64
     num_workers: int | None = None
+    val_fraction: float = 0.1  # for split=val
+    split_seed: int = 0
 
 
 @dataclass
@@ -39,9 +43,9 @@ class EvaluateConfig:
 
 
 def evaluate(cfg: EvaluateConfig) -> dict:
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
 
-    from catdog.data import collate_skipping_bad, default_workers, image_folder
+    from catdog.data import collate_skipping_bad, default_workers, image_folder, val_split
     from catdog.plots import below, beside, save_png, with_title
     from catdog.preprocess import Preprocess, load_rgb, resize
     from catdog.visualize import find_checkpoint, load_model
@@ -49,7 +53,14 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     ckpt = find_checkpoint(cfg.ckpt)
     model, preprocessing = load_model(ckpt)
     preprocess = Preprocess(tuple(preprocessing["image_size"]), preprocessing["interpolation"])
-    dataset = image_folder(Path(cfg.data.root) / cfg.split, preprocess, preprocessing["exif_transpose"])
+    folder = Path(cfg.data.root) / ("train" if cfg.split == "val" else cfg.split)
+    dataset = image_folder(folder, preprocess, preprocessing["exif_transpose"])
+    samples = dataset.samples
+    if cfg.split == "val":
+        if not 0 < cfg.data.val_fraction < 1:
+            raise CatDogError(f"split=val needs 0 < data.val_fraction < 1, got {cfg.data.val_fraction}")
+        indices = val_split(len(dataset), cfg.data.val_fraction, cfg.data.split_seed)[0]
+        dataset, samples = Subset(dataset, indices), [samples[i] for i in indices]
     workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=workers, collate_fn=collate_skipping_bad)
     logits, labels = [], []
@@ -60,13 +71,14 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                 logits.append((logit + model(x.flip(3))[:, 0]) / 2 if cfg.tta else logit)
                 labels.append(y[:, 0])
     if not logits:
-        raise CatDogError(f"no readable images under {Path(cfg.data.root) / cfg.split}")
+        raise CatDogError(f"no readable images under {folder}")
     logit, label = torch.cat(logits), torch.cat(labels)
     predicted = (logit > 0).float()
     confusion = [[int(((label == t) & (predicted == p)).sum()) for p in (0, 1)] for t in (0, 1)]
     result = {
         "checkpoint": str(ckpt) if ckpt else "none",
-        "data": str(Path(cfg.data.root) / cfg.split),
+        "data": str(folder)
+        + (f" (val: {cfg.data.val_fraction:g}, split_seed {cfg.data.split_seed})" if cfg.split == "val" else ""),
         "images": len(label),
         "tta": cfg.tta,
         "accuracy": float((predicted == label).float().mean()),
@@ -77,9 +89,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     p_dog = torch.sigmoid(logit)
     wrong = torch.nonzero(predicted != label)[:, 0]
     order = wrong[torch.argsort((p_dog[wrong] - label[wrong]).abs(), descending=True)][: cfg.wrong].tolist()
-    samples = dataset.samples  # in the loader's order (no shuffle); misaligned only if a file failed to decode
     out_dir = Path(cfg.out_dir)
-    if order and len(samples) == len(label):
+    if order and len(samples) == len(label):  # in the loader's order; misaligned only if a file failed to decode
         tiles = []
         for i in order:
             image = load_rgb(samples[i][0], preprocessing["exif_transpose"])

@@ -25,11 +25,12 @@ def test_evaluate_a_checkpoint_on_an_image_folder(tmp_path, image_tree, capsys):
     assert (tmp_path / "eval" / "most_wrong.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_evaluate_errors_are_one_line(tmp_path, capsys):
+def test_evaluate_errors_are_one_line(tmp_path, image_tree, capsys):
     assert main(["ckpt=none", f"data.root={tmp_path / 'nothing'}"]) == 2
     assert main(["cpkt=x"]) == 2
+    assert main(["ckpt=none", f"data.root={image_tree}", "split=val", "data.val_fraction=0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("error:") for line in err)
+    assert len(err) == 3 and all(line.startswith("error:") for line in err)
 
 
 def test_tta_averages_the_logits_of_the_image_and_its_mirror(tmp_path, image_tree):
@@ -56,3 +57,22 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror(tmp_path, image_tre
     assert abs(losses[False] - float(bce(plain, y))) < 1e-5
     assert abs(losses[True] - float(bce((plain + mirrored) / 2, y))) < 1e-5
     assert abs(losses[True] - losses[False]) > 1e-4  # the mirror changes the logits of a random model
+
+
+def test_split_val_is_the_validation_set_training_carves_out(tmp_path, image_tree):
+    from catdog.data import CatDogDataModule
+
+    dm = CatDogDataModule(root=str(image_tree), source=None, val_fraction=0.25, split_seed=3, num_workers=0)
+    dm.setup()
+    val = [dm.val_set.dataset.samples[i][0] for i in dm.val_set.indices]
+    model = CatDogCNN()  # always "dog": the wrong ones are exactly the validation cats
+    with torch.no_grad():
+        model.fc2.weight.zero_()
+        model.fc2.bias.fill_(3.0)
+    ckpt = tmp_path / "dog.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    args = [f"ckpt={ckpt}", f"data.root={image_tree}", "split=val", "data.val_fraction=0.25", "data.split_seed=3"]
+    assert main([*args, f"out_dir={tmp_path}", "data.num_workers=0", "wrong=100"]) == 0
+    result = json.loads((tmp_path / "evaluation.json").read_text())
+    assert result["images"] == len(val) == 12
+    assert sorted(result["most_wrong"]) == sorted(p for p in val if "/cats/" in p)
