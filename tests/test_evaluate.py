@@ -6,14 +6,24 @@ from catdog.evaluate import main
 from catdog.model import CatDogCNN
 
 
-def test_evaluate_a_checkpoint_on_an_image_folder(tmp_path, image_tree, capsys):
-    # a hand-made checkpoint that always says "dog": every cat is wrong, every dog right
+def save_checkpoint(model: CatDogCNN, path):
+    """A checkpoint as training writes it, as far as evaluate reads it: the module's state dict."""
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+def always_dog(path):
+    """A hand-made checkpoint that always says "dog" (logit 3)."""
     model = CatDogCNN()
     with torch.no_grad():
         model.fc2.weight.zero_()
         model.fc2.bias.fill_(3.0)
-    ckpt = tmp_path / "dog.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    return save_checkpoint(model, path)
+
+
+def test_evaluate_a_checkpoint_on_an_image_folder(tmp_path, image_tree, capsys):
+    # a hand-made checkpoint that always says "dog": every cat is wrong, every dog right
+    ckpt = always_dog(tmp_path / "dog.ckpt")
 
     assert main([f"ckpt={ckpt}", f"data.root={image_tree}", f"out_dir={tmp_path / 'eval'}", "data.num_workers=0"]) == 0
     out = capsys.readouterr().out
@@ -39,8 +49,7 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror(tmp_path, image_tre
 
     torch.manual_seed(0)
     model = CatDogCNN()
-    ckpt = tmp_path / "random.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    ckpt = save_checkpoint(model, tmp_path / "random.ckpt")
     losses = {}
     for tta in (False, True):
         out = tmp_path / f"tta{tta}"
@@ -65,12 +74,7 @@ def test_split_val_is_the_validation_set_training_carves_out(tmp_path, image_tre
     dm = CatDogDataModule(root=str(image_tree), source=None, val_fraction=0.25, split_seed=3, num_workers=0)
     dm.setup()
     val = [dm.val_set.dataset.samples[i][0] for i in dm.val_set.indices]
-    model = CatDogCNN()  # always "dog": the wrong ones are exactly the validation cats
-    with torch.no_grad():
-        model.fc2.weight.zero_()
-        model.fc2.bias.fill_(3.0)
-    ckpt = tmp_path / "dog.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    ckpt = always_dog(tmp_path / "dog.ckpt")  # the wrong ones are exactly the validation cats
     args = [f"ckpt={ckpt}", f"data.root={image_tree}", "split=val", "data.val_fraction=0.25", "data.split_seed=3"]
     assert main([*args, f"out_dir={tmp_path}", "data.num_workers=0", "wrong=100"]) == 0
     result = json.loads((tmp_path / "evaluation.json").read_text())
