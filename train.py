@@ -19,11 +19,13 @@ def main(cfg: DictConfig) -> float | None:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
+    from catdog.allocator import reuse_freed_memory
     from catdog.checkpoints import newest
     from catdog.files import write_text
     from catdog.model import summary
 
     started = time.perf_counter()
+    reuse_freed_memory()  # before the loader workers fork, so that they inherit it
     run_dir = Path(cfg.trainer.default_root_dir)
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -30,15 +31,17 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from catdog.allocator import reuse_freed_memory  # noqa: E402
 from catdog.model import CatDogCNN  # noqa: E402
 from catdog.module import KerasRMSprop  # noqa: E402
 
-# (label, channels_last, relu_after_pool, autocast dtype)
+# (label, channels_last, relu_after_pool, reuse_freed_memory, autocast dtype); each adds to the row before
 STEP_VARIANTS = [
-    ("float32, plain (the seed's arrangement)", False, False, None),
-    ("float32, channels_last", True, False, None),
-    ("float32, channels_last + relu_after_pool (exact)", True, True, None),
-    ("bf16-mixed, channels_last + relu_after_pool", True, True, torch.bfloat16),
+    ("float32, plain (the seed's arrangement, glibc's default malloc)", False, False, False, None),
+    ("float32, + channels_last", True, False, False, None),
+    ("float32, + relu_after_pool (exact)", True, True, False, None),
+    ("float32, + freed memory reused (catdog's default)", True, True, True, None),
+    ("bf16-mixed, + the same", True, True, True, torch.bfloat16),
 ]
 
 
@@ -53,8 +56,16 @@ def median_rate(run, items: int, repeats: int, warmup: int = 3) -> float:
     return items / statistics.median(times)
 
 
-def train_step_rate(batch: int, channels_last: bool, relu_after_pool: bool, dtype, repeats: int) -> float:
+def isolated(fn, *args):
+    """``fn(*args)`` in a fresh Python process: each row starts from the same allocator state."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def train_step_rate(batch: int, channels_last: bool, relu_after_pool: bool, reuse: bool, dtype, repeats: int) -> float:
     """img/s of catdog's training step: forward, BCE-with-logits, backward, Keras RMSprop, zero_grad."""
+    if reuse:
+        reuse_freed_memory()
     torch.manual_seed(0)
     model = CatDogCNN(relu_after_pool=relu_after_pool)
     memory = torch.channels_last if channels_last else torch.contiguous_format
@@ -214,6 +225,7 @@ def main() -> None:
     parser.add_argument("--keras-python", default=str(REPO / ".venv-keras" / "bin" / "python"))
     parser.add_argument("--quick", action="store_true", help="fewer repeats and images (a smoke run)")
     args = parser.parse_args()
+    reuse_freed_memory()  # as train.py does (the step rows run in their own processes)
     keras = args.keras_python if Path(args.keras_python).exists() else None
     repeats = 3 if args.quick else 10
     n_images = 200 if args.quick else 2000
@@ -231,15 +243,15 @@ def main() -> None:
         keras_rate = (peer(keras, "step", "--batch", str(batch), "--repeats", str(repeats)) or {}).get("img_per_s")
         if keras_rate:
             row(f"training step, batch {batch}: Keras seed (TensorFlow CPU)", f"{keras_rate:.1f} img/s")
-        for label, channels_last, relu_after_pool, dtype in STEP_VARIANTS:
-            rate = train_step_rate(batch, channels_last, relu_after_pool, dtype, repeats)
+        for label, *variant in STEP_VARIANTS:
+            rate = isolated(train_step_rate, batch, *variant, repeats)
             ratio = f" ({rate / keras_rate:.2f}x Keras)" if keras_rate else ""
             row(f"training step, batch {batch}: catdog {label}", f"{rate:.1f} img/s{ratio}")
 
     with tempfile.TemporaryDirectory() as tmp:
         tree = sample_tree(args.images, Path(tmp) / "data" / "train", n_images)
         sample_tree(args.images, Path(tmp) / "data" / "test", 20)
-        step = train_step_rate(20, True, True, None, repeats)
+        step = isolated(train_step_rate, 20, True, True, True, None, repeats)
         pipe = pipeline_rate(tree, 20, 3)
         row(
             "data pipeline (files -> batches of 20, default workers)", f"{pipe:.0f} img/s ({pipe / step:.1f}x the step)"
@@ -252,12 +264,13 @@ def main() -> None:
         for cache in (False, True):
             wait = data_wait_fraction(tree, 20, cache)
             row(f"share of a training epoch (the 2nd) waiting for data, cache={cache}", f"{100 * wait:.1f}%")
-        ours = epoch_rate(Path(tmp) / "data", 20, [])
         keras_epoch = (peer(keras, "epoch", "--folder", str(tree), "--batch", "20") or {}).get("img_per_s")
         if keras_epoch:
             row(f"epoch on {n_images} JPEG files: Keras flow_from_directory + fit", f"{keras_epoch:.1f} img/s")
-        ratio = f" ({ours / keras_epoch:.2f}x Keras)" if keras_epoch else ""
-        row(f"epoch on {n_images} JPEG files: python train.py", f"{ours:.1f} img/s{ratio}")
+        for label, extra in (("", []), (" trainer.precision=bf16-mixed", ["trainer.precision=bf16-mixed"])):
+            ours = epoch_rate(Path(tmp) / "data", 20, extra)
+            ratio = f" ({ours / keras_epoch:.2f}x Keras)" if keras_epoch else ""
+            row(f"epoch on {n_images} JPEG files: python train.py{label}", f"{ours:.1f} img/s{ratio}")
 
         image = next((tree / "cats").iterdir())
         ours_s = statistics.median(visualize_seconds(image, Path(tmp) / f"viz{i}") for i in range(3))

@@ -45,11 +45,13 @@ class EvaluateConfig:
 def evaluate(cfg: EvaluateConfig) -> dict:
     from torch.utils.data import DataLoader, Subset
 
+    from catdog.allocator import reuse_freed_memory
     from catdog.data import collate_skipping_bad, default_workers, image_folder, val_split
     from catdog.plots import below, beside, save_png, with_title
     from catdog.preprocess import Preprocess, load_rgb, resize
     from catdog.visualize import find_checkpoint, load_model
 
+    reuse_freed_memory()
     ckpt = find_checkpoint(cfg.ckpt)
     model, preprocessing = load_model(ckpt)
     preprocess = Preprocess(tuple(preprocessing["image_size"]), preprocessing["interpolation"])
