@@ -126,7 +126,7 @@ class CachedIndices(Dataset):
 
     def __init__(self, folder: CatDogImageFolder, offset: int) -> None:
         self.valid = torch.from_numpy(np.load(folder.cache.with_suffix(".valid.npy")))
-        self.labels = torch.tensor(folder.targets, dtype=torch.float32).unsqueeze(1)  # as _as_float, shape (N, 1)
+        self.labels = torch.stack([folder.target_transform(t) for t in folder.targets])  # the folder's labels
         self.offset = offset
 
     def __len__(self) -> int:
