@@ -7,7 +7,8 @@ The Keras peer is optional (its rows are skipped with a note when absent). To cr
     python -m venv .venv-keras && .venv-keras/bin/pip install tensorflow-cpu keras scipy pillow matplotlib
 
 ``--images``: a folder of Kaggle-style ``cat.N.jpg``/``dog.N.jpg`` files; 2,000 of them are linked into a
-temporary ``{cats,dogs}`` tree for the data-pipeline and epoch rows. Figures are medians of several repeats.
+temporary ``{cats,dogs}`` tree for the data-pipeline and epoch rows. Figures are medians of several repeats;
+the training-step rows take turns with Keras's in rounds, and their ratio is the median of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ STEP_VARIANTS = [
     ("float32, + freed memory reused (catdog's default)", True, True, True, None),
     ("bf16-mixed, + the same", True, True, True, torch.bfloat16),
 ]
+
+# the data pipeline's settings: (label, CatDogDataModule arguments)
+PIPELINES = [
+    ("JPEG files, default workers", {}),
+    (
+        "data.cache=true data.cache_on_device=false (memory-mapped uint8, workers)",
+        {"cache": True, "cache_on_device": False},
+    ),
+    ("data.cache=true (held in RAM, no workers: the default with the cache)", {"cache": True}),
+]
+BF16 = "trainer.precision=bf16-mixed"
 
 
 def median_rate(run, items: int, repeats: int, warmup: int = 3) -> float:
@@ -84,6 +96,20 @@ def train_step_rate(batch: int, channels_last: bool, relu_after_pool: bool, reus
     return median_rate(step, batch, repeats)
 
 
+def step_rounds(keras: str | None, batch: int, repeats: int, rounds: int) -> tuple[list[float], list[list[float]]]:
+    """Training-step img/s, in ``rounds`` rounds of: the Keras peer, then each of ``STEP_VARIANTS``, each in a
+    fresh process. Returns Keras's rate per round (empty without the peer) and each variant's rates per round."""
+    keras_rates: list[float] = []
+    rates: list[list[float]] = [[] for _ in STEP_VARIANTS]
+    for _ in range(rounds):
+        keras_rate = (peer(keras, "step", "--batch", str(batch), "--repeats", str(repeats)) or {}).get("img_per_s")
+        if keras_rate:
+            keras_rates.append(keras_rate)
+        for (_, *variant), variant_rates in zip(STEP_VARIANTS, rates, strict=True):
+            variant_rates.append(isolated(train_step_rate, batch, *variant, repeats))
+    return (keras_rates if len(keras_rates) == rounds else []), rates
+
+
 def peer(keras_python: str | None, *args: str) -> dict | None:
     if not keras_python:
         return None
@@ -107,36 +133,38 @@ def sample_tree(images: Path, dest: Path, n: int) -> Path:
     return dest
 
 
-def pipeline_rate(folder: Path, batch: int, repeats: int, cache: bool = False) -> float:
-    """img/s of the datamodule's loader (decode, resize, scale, collate) with the default worker count."""
+def loaded(folder: Path, batch: int, **settings):
+    """The datamodule on ``folder``'s parent (prepared, set up) and a function giving one epoch of its training
+    batches, as the model receives them."""
     from catdog.data import CatDogDataModule
 
-    dm = CatDogDataModule(root=str(folder.parent), source=None, batch_size=batch, cache=cache)
+    dm = CatDogDataModule(root=str(folder.parent), source=None, batch_size=batch, **settings)
     dm.prepare_data()
     dm.setup("fit")
     loader = dm._loader(dm.train_set, shuffle=True)
+    return lambda: (dm.on_after_batch_transfer(b, 0) for b in loader)
+
+
+def pipeline_rate(folder: Path, batch: int, repeats: int, **settings) -> float:
+    """img/s of the datamodule's batches (decode, resize, scale, collate; default workers)."""
+    epoch = loaded(folder, batch, **settings)
     rates = []
     for _ in range(repeats):
         start, count = time.perf_counter(), 0
-        for x, _, _ in loader:
+        for x, _, _ in epoch():
             count += len(x)
         rates.append(count / (time.perf_counter() - start))
     return statistics.median(rates[1:] if len(rates) > 1 else rates)  # the first epoch starts the workers
 
 
-def data_wait_fraction(folder: Path, batch: int, cache: bool) -> float:
+def data_wait_fraction(folder: Path, batch: int, **settings) -> float:
     """Share of a training epoch (the second: workers started) spent waiting for the next batch."""
-    from catdog.data import CatDogDataModule
-
-    dm = CatDogDataModule(root=str(folder.parent), source=None, batch_size=batch, cache=cache)
-    dm.prepare_data()
-    dm.setup("fit")
-    loader = dm._loader(dm.train_set, shuffle=True)
+    epoch = loaded(folder, batch, **settings)
     model = CatDogCNN(relu_after_pool=True).to(memory_format=torch.channels_last)
     optimizer = KerasRMSprop(model.parameters())
     for _epoch in range(2):  # the second epoch counts: workers started
         waited, start = 0.0, time.perf_counter()
-        batches = iter(loader)
+        batches = epoch()
         while True:
             before = time.perf_counter()
             try:
@@ -240,37 +268,37 @@ def main() -> None:
         f"{'' if keras else '; Keras peer absent: its rows are skipped'}"
     )
     for batch in (20, 64):
-        keras_rate = (peer(keras, "step", "--batch", str(batch), "--repeats", str(repeats)) or {}).get("img_per_s")
-        if keras_rate:
-            row(f"training step, batch {batch}: Keras seed (TensorFlow CPU)", f"{keras_rate:.1f} img/s")
-        for label, *variant in STEP_VARIANTS:
-            rate = isolated(train_step_rate, batch, *variant, repeats)
-            ratio = f" ({rate / keras_rate:.2f}x Keras)" if keras_rate else ""
-            row(f"training step, batch {batch}: catdog {label}", f"{rate:.1f} img/s{ratio}")
+        keras_rates, rates = step_rounds(keras, batch, repeats, rounds=2 if args.quick else 3)
+        if keras_rates:
+            row(
+                f"training step, batch {batch}: Keras seed (TensorFlow CPU)",
+                f"{statistics.median(keras_rates):.1f} img/s",
+            )
+        for (label, *_), ours in zip(STEP_VARIANTS, rates, strict=True):
+            ratio = ""
+            if keras_rates:  # the median of each round's ratio: slow drift of the machine's speed cancels out
+                ratio = f" ({statistics.median([o / k for o, k in zip(ours, keras_rates, strict=True)]):.2f}x Keras)"
+            row(f"training step, batch {batch}: catdog {label}", f"{statistics.median(ours):.1f} img/s{ratio}")
 
     with tempfile.TemporaryDirectory() as tmp:
         tree = sample_tree(args.images, Path(tmp) / "data" / "train", n_images)
         sample_tree(args.images, Path(tmp) / "data" / "test", 20)
         step = isolated(train_step_rate, 20, True, True, True, None, repeats)
-        pipe = pipeline_rate(tree, 20, 3)
-        row(
-            "data pipeline (files -> batches of 20, default workers)", f"{pipe:.0f} img/s ({pipe / step:.1f}x the step)"
-        )
-        cached = pipeline_rate(tree, 20, 3, cache=True)
-        row(
-            "data pipeline, data.cache=true (memory-mapped uint8)",
-            f"{cached:.0f} img/s ({cached / step:.1f}x the step)",
-        )
-        for cache in (False, True):
-            wait = data_wait_fraction(tree, 20, cache)
-            row(f"share of a training epoch (the 2nd) waiting for data, cache={cache}", f"{100 * wait:.1f}%")
+        for label, settings in PIPELINES:
+            rate = pipeline_rate(tree, 20, 3, **settings)
+            row(f"data pipeline, batches of 20: {label}", f"{rate:.0f} img/s ({rate / step:.1f}x the step)")
+            wait = data_wait_fraction(tree, 20, **settings)
+            row(f"share of a training epoch (the 2nd) waiting for data: {label}", f"{100 * wait:.1f}%")
         keras_epoch = (peer(keras, "epoch", "--folder", str(tree), "--batch", "20") or {}).get("img_per_s")
         if keras_epoch:
             row(f"epoch on {n_images} JPEG files: Keras flow_from_directory + fit", f"{keras_epoch:.1f} img/s")
-        for label, extra in (("", []), (" trainer.precision=bf16-mixed", ["trainer.precision=bf16-mixed"])):
+        for extra in ([], [BF16], ["data.cache=true"], [BF16, "data.cache=true"]):
             ours = epoch_rate(Path(tmp) / "data", 20, extra)
             ratio = f" ({ours / keras_epoch:.2f}x Keras)" if keras_epoch else ""
-            row(f"epoch on {n_images} JPEG files: python train.py{label}", f"{ours:.1f} img/s{ratio}")
+            row(
+                f"epoch on {n_images} JPEG files: python train.py {' '.join(extra)}".rstrip(),
+                f"{ours:.1f} img/s{ratio}",
+            )
 
         image = next((tree / "cats").iterdir())
         ours_s = statistics.median(visualize_seconds(image, Path(tmp) / f"viz{i}") for i in range(3))

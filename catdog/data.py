@@ -29,6 +29,23 @@ def default_workers() -> int:
     return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes that ``device`` can still hold: a GPU's free memory, or the RAM the system has available (0 where
+    that is unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return 0
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            return 0
+
+
 BAD_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
@@ -286,8 +303,9 @@ class CatDogDataModule(pl.LightningDataModule):
 
     def _cache_device(self, *folders: CatDogImageFolder) -> torch.device | None:
         """Where to hold the cached images: the training device when ``cache_on_device`` is true, or when it is
-        auto, the device is a GPU, there is no augmentation (it runs in the workers) and they fit in half of the
-        GPU's free memory; else None (workers read the memory-mapped file)."""
+        auto, there is no augmentation (it runs in the workers) and they fit in half of the device's free memory
+        (a GPU's, or the RAM a CPU run has); else None (workers read the memory-mapped file). Held, the batches
+        need no loader workers, which on a CPU would take cores from the training step."""
         if not self.cache or self.cache_on_device is False:
             return None
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -295,11 +313,14 @@ class CatDogDataModule(pl.LightningDataModule):
             if self.augment is not None:
                 raise CatDogError("data.cache_on_device=true needs data.augment off (augmentation runs in the workers)")
             return device
-        if device.type != "cuda" or self.augment is not None:
+        if self.augment is not None:
             return None
         size = sum(folder.cache.stat().st_size for folder in folders)
-        if size > torch.cuda.mem_get_info(device)[0] / 2:
-            print(f"data.cache_on_device=auto: {size / 2**30:.1f} GiB of cached images would not fit on {device}")
+        if size > free_memory(device) / 2:
+            print(
+                f"data.cache_on_device=auto: {size / 2**30:.1f} GiB of cached images would take over half of the "
+                f"free memory of {device}; the loader workers read them from the cache file"
+            )
             return None
         return device
 

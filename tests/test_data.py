@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from catdog import CatDogError
-from catdog.data import CatDogDataModule
+from catdog.data import CatDogDataModule, free_memory
 from catdog.module import CatDogModule
 from catdog.preprocess import Preprocess, load_rgb
 from tests.conftest import jpeg_bytes
@@ -132,7 +132,9 @@ def test_augmentation_changes_train_images_only(image_tree):
 def test_decoded_cache_gives_the_same_batches_and_is_rebuilt_when_files_change(image_tree):
     (image_tree / "train" / "dogs" / "junk.jpg").write_bytes(b"junk")
     plain = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, batch_size=100)
-    cached = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, batch_size=100, cache=True)
+    cached = CatDogDataModule(
+        root=str(image_tree), source=None, num_workers=0, batch_size=100, cache=True, cache_on_device=False
+    )
     plain.setup("fit")
     cached.prepare_data()  # builds the caches in worker processes (which warn about junk.jpg on stderr)
     cached.setup("fit")
@@ -180,7 +182,24 @@ def test_cache_on_device_gives_the_same_batches_as_the_workers(image_tree, devic
         CatDogDataModule(**settings, cache_on_device=True, augment={"hflip": True}).setup("fit")
     cpu_auto = CatDogDataModule(**settings)
     cpu_auto.setup("fit")
-    assert cpu_auto.pixels is None  # auto holds them on a GPU only
+    assert cpu_auto.pixels is not None and cpu_auto.pixels.device.type == "cpu"  # auto: RAM has room
+    augmented = CatDogDataModule(**settings, augment={"hflip": True})
+    augmented.setup("fit")
+    assert augmented.pixels is None  # auto leaves augmented images to the workers
+
+
+def test_cache_on_device_auto_needs_room(image_tree, monkeypatch, capsys):
+    assert free_memory(torch.device("cpu")) > 0
+    dm = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, cache=True)
+    dm.prepare_data()
+    size = sum(p.stat().st_size for p in (image_tree / ".cache").glob("*.npy") if ".valid" not in p.name)
+    monkeypatch.setattr("catdog.data.free_memory", lambda device: 2 * size - 1)  # half of it is just too small
+    dm.setup("fit")
+    assert dm.pixels is None and "would take over half" in capsys.readouterr().out
+    monkeypatch.setattr("catdog.data.free_memory", lambda device: 2 * size)
+    roomy = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, cache=True)
+    roomy.setup("fit")
+    assert roomy.pixels is not None and roomy.pixels.numel() * roomy.pixels.element_size() <= size
 
 
 def test_a_fit_reads_the_cache_on_the_device(image_tree):
