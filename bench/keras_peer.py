@@ -70,19 +70,17 @@ def epoch(folder: str, batch: int) -> dict:
     generator = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(
         folder, target_size=(150, 150), batch_size=batch, class_mode="binary"
     )
+    seconds = []
 
     class EpochTimer(keras.callbacks.Callback):
-        seconds: list[float] = []
-
         def on_epoch_begin(self, epoch, logs=None):
             self.start = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self.start)
+            seconds.append(time.perf_counter() - self.start)
 
-    model = seed_model()
-    model.fit(generator, epochs=2, verbose=0, callbacks=[EpochTimer()])
-    return {"img_per_s": generator.samples / EpochTimer.seconds[-1], "images": generator.samples}
+    seed_model().fit(generator, epochs=2, verbose=0, callbacks=[EpochTimer()])
+    return {"img_per_s": generator.samples / seconds[-1], "images": generator.samples}
 
 
 def visualize(model_path: str, image_path: str, out: str) -> dict:
