@@ -71,7 +71,7 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
 
 class ActivationSnapshots(pl.Callback):
     """Every ``every_n_epochs`` epochs, records all conv and pool layers for two fixed probe images (the first
-    cat and the first dog of the validation set) and saves each probe's overview page as
+    cat and the first dog of the validation set that decode) and saves each probe's overview page as
     ``snapshots/<probe>/epoch_NNN.png`` (epoch 000 is the untrained network); logs them to TensorBoard when that
     logger is on; at the end of training writes ``snapshots/<probe>.gif``, the pages epoch by epoch.
 
@@ -92,10 +92,10 @@ class ActivationSnapshots(pl.Callback):
         dataset = trainer.datamodule.val_set if trainer.datamodule is not None else None
         if dataset is None:
             return
-        wanted = {0.0: "cat", 1.0: "dog"}
-        for index in probe_indices(dataset):
-            x, y = dataset[index]
-            self.probes[wanted[float(y)]] = x
+        for probe, indices in probe_indices(dataset).items():
+            sample = next((s for s in map(dataset.__getitem__, indices) if s is not None), None)  # None: bad file
+            if sample is not None:
+                self.probes[probe] = sample[0]
         if trainer.current_epoch == 0:  # not when resuming
             self._snapshot(trainer, pl_module, epoch=0)
 
@@ -150,10 +150,11 @@ class ActivationSnapshots(pl.Callback):
                 )
 
 
-def probe_indices(dataset) -> list[int]:
-    """The first index of each class (cats=0, dogs=1) in an ImageFolder or a Subset of one, without decoding."""
+def probe_indices(dataset) -> dict[str, list[int]]:
+    """The indices of the cats (class 0) and of the dogs (1), in order, in a dataset with ``targets`` (an
+    ImageFolder, CachedIndices) or a Subset of one, without decoding."""
     base, order = dataset, None
     if hasattr(dataset, "indices"):  # torch Subset
         base, order = dataset.dataset, list(dataset.indices)
     targets = list(base.targets) if order is None else [base.targets[i] for i in order]
-    return [targets.index(c) for c in (0, 1) if c in targets]
+    return {probe: [i for i, t in enumerate(targets) if t == c] for c, probe in enumerate(("cat", "dog"))}

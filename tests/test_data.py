@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from catdog import CatDogError
+from catdog.callbacks import ActivationSnapshots
 from catdog.data import CatDogDataModule, free_memory
 from catdog.module import CatDogModule
 from catdog.preprocess import Preprocess, load_rgb
@@ -203,10 +204,22 @@ def test_cache_on_device_auto_needs_room(image_tree, monkeypatch, capsys):
 
 
 def test_a_fit_reads_the_cache_on_the_device(image_tree):
+    (image_tree / "test" / "cats" / "0junk.jpg").write_bytes(b"junk")  # the first cat: the probe is the next one
     dm = CatDogDataModule(root=str(image_tree), source=None, batch_size=8, cache=True, cache_on_device=True)
     module = CatDogModule(channels_last=True, relu_after_pool=True)
+    snapshots = ActivationSnapshots(str(image_tree / "snapshots"))
     trainer = pl.Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, default_root_dir=image_tree, **QUIET
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        default_root_dir=image_tree,
+        callbacks=[snapshots],
+        **QUIET,
     )
     trainer.fit(module, datamodule=dm)
     assert dm.pixels is not None and trainer.callback_metrics["train_loss"].isfinite()
+    cat = dm.val_set.folder.samples.index((str(image_tree / "test" / "cats" / "cat.0.jpg"), 0))
+    assert cat == 1 and dm.val_set[0] is None
+    assert torch.equal(snapshots.probes["cat"], dm.val_set[cat][0]) and "dog" in snapshots.probes
+    assert sorted(p.name for p in (image_tree / "snapshots").iterdir()) == ["cat", "cat.gif", "dog", "dog.gif"]
