@@ -93,7 +93,7 @@ class ActivationSnapshots(pl.Callback):
         if dataset is None:
             return
         for probe, indices in probe_indices(dataset).items():
-            sample = next((s for s in map(dataset.__getitem__, indices) if s is not None), None)  # None: bad file
+            sample = next((s for s in (dataset[i] for i in indices) if s is not None), None)  # None: bad file
             if sample is not None:
                 self.probes[probe] = sample[0]
         if trainer.current_epoch == 0:  # not when resuming
