@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import BinaryAccuracy
 
 from catdog import CatDogError
@@ -63,6 +64,7 @@ class CatDogModule(pl.LightningModule):
         relu_after_pool: bool = False,
         dropout: float = 0.0,
         lr_schedule: str | None = None,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -71,13 +73,20 @@ class CatDogModule(pl.LightningModule):
         self.model = CatDogCNN(init=init, relu_after_pool=relu_after_pool, dropout=dropout)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # an exponential moving average of the weights: validated, tested and shipped in their place
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
         self.metrics = torch.nn.ModuleDict({f"{s}_acc": BinaryAccuracy() for s in ("train", "val", "test")})
         self._first_bad: tuple[torch.Tensor, torch.Tensor] | None = None  # step and value of a non-finite loss
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+        return self.inference_model(x)
+
+    @property
+    def inference_model(self) -> CatDogCNN:
+        """The network that validates and tests: the weights' moving average when ``ema_decay > 0``."""
+        return self.ema.module if self.ema is not None and not self.training else self.model
 
     def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor | None:
         x, y, *skipped = batch  # the datamodule's batches also count the files that failed to decode
@@ -118,6 +127,10 @@ class CatDogModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def on_train_epoch_end(self) -> None:
         self._raise_if_bad()

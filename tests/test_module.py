@@ -41,3 +41,24 @@ def test_training_runs_and_checkpoint_reloads_without_config(tmp_path):
     reloaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x[:4]), module(x[:4]))
+
+
+def test_ema_validates_the_moving_average_of_the_weights():
+    torch.manual_seed(0)
+    module = CatDogModule(ema_decay=0.5)
+    x = torch.rand(2, 3, 150, 150)
+    start = [p.detach().clone() for p in module.model.parameters()]
+    module.on_train_batch_end(None, None, 0)  # the first update copies the weights
+    with torch.no_grad():
+        for p in module.model.parameters():
+            p.add_(1.0)
+    module.on_train_batch_end(None, None, 1)  # then averages: 0.5 * old + 0.5 * new
+    for p0, p, e in zip(start, module.model.parameters(), module.ema.module.parameters(), strict=True):
+        torch.testing.assert_close(e, (p0 + p) / 2)
+    module.train()
+    assert module.inference_model is module.model
+    module.eval()
+    assert module.inference_model is module.ema.module
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), module.ema.module(x))
+    assert "ema.module.conv1.weight" in module.state_dict()
