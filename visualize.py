@@ -1,4 +1,5 @@
-"""Show what each layer sees: ``python visualize.py image=PATH [ckpt=PATH|latest|none]``; see conf/visualize.yaml."""
+"""Show what each layer sees: ``python visualize.py image=PATH [ckpt=latest|pretrained|none|PATH]``; see
+conf/visualize.yaml."""
 
 from __future__ import annotations
 
@@ -14,18 +15,11 @@ from catdog.cli import check_overrides, user_errors
 @user_errors
 def main(cfg: DictConfig) -> None:
     from catdog import CatDogError
-    from catdog.plots import NORMS
-    from catdog.visualize import (
-        COMPARE_MAX,
-        compare_pages,
-        filters_page,
-        find_checkpoint,
-        image_paths,
-        load_model,
-        save_png,
-        unique_dirs,
-        visualize_image,
-    )
+    from catdog.model import pick_device
+    from catdog.preprocess import image_paths
+    from catdog.views.activations import COMPARE_MAX, Figures, compare_pages, filters_page, unique_dirs, visualize_image
+    from catdog.views.plots import NORMS, save_png
+    from catdog.weights import load_weights
 
     out_dir = Path(cfg.out_dir)
     if cfg.mode not in ("activations", "filters"):
@@ -34,9 +28,9 @@ def main(cfg: DictConfig) -> None:
         raise CatDogError(f"norm must be one of {', '.join(NORMS)}, got {cfg.norm!r}")
     if cfg.mode == "activations":  # check the images before the (slower) model load
         paths = image_paths(OmegaConf.to_container(cfg.image) if OmegaConf.is_list(cfg.image) else str(cfg.image))
-    ckpt = find_checkpoint(str(cfg.ckpt))
-    model, preprocessing = load_model(ckpt)
-    print(f"checkpoint: {ckpt}" if ckpt else "ckpt=none: using the untrained network (Keras initialisation, seed 0)")
+    weights = load_weights(cfg.ckpt)
+    model = weights.model(pick_device(cfg.device))
+    print(f"weights: {weights.source}")
 
     if cfg.mode == "filters":
         f = cfg.filters
@@ -45,23 +39,12 @@ def main(cfg: DictConfig) -> None:
         return
 
     layers = OmegaConf.to_container(cfg.layers) if OmegaConf.is_list(cfg.layers) else cfg.layers
-    gradcam_layer = cfg.gradcam_layer if cfg.gradcam else None
+    figures = Figures(layers, cfg.per_row, cfg.norm, cfg.channel, cfg.gradcam_layer if cfg.gradcam else None)
     shown, failed = [], 0
     for path, sub in zip(paths, unique_dirs(paths), strict=True):
         target = out_dir if len(paths) == 1 else out_dir / sub
         try:
-            manifest = visualize_image(
-                model,
-                path,
-                target,
-                preprocessing,
-                layers,
-                cfg.per_row,
-                cfg.norm,
-                cfg.channel,
-                gradcam_layer,
-                str(ckpt or "none"),
-            )
+            manifest, pages = visualize_image(model, path, target, weights.preprocessing, figures, weights.source)
         except KeyError as err:  # an unknown layer name or glob
             raise CatDogError(f"layers: {err.args[0]}") from err
         except CatDogError as err:
@@ -73,7 +56,7 @@ def main(cfg: DictConfig) -> None:
         p = manifest["prediction"]
         print(f"{p['label']} {p['probability']:.2f}" + (f"  {path}" if len(paths) > 1 else ""))
         if len(paths) > 1 and len(shown) < COMPARE_MAX:  # keep only what the compare pages show: bounded memory
-            shown.append(manifest)
+            shown.append((manifest, pages))
     if shown:
         compare_pages(shown, out_dir)
     print(f"wrote {out_dir}" + (f" ({failed} of {len(paths)} images skipped)" if failed else ""))

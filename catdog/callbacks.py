@@ -106,7 +106,7 @@ class ActivationSnapshots(pl.Callback):
 
     def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> None:
         from catdog.hooks import ActivationRecorder
-        from catdog.plots import below, layer_pages, save_png, with_title
+        from catdog.views.plots import below, layer_pages, save_png, with_title
 
         model = pl_module.model
         was_training = model.training

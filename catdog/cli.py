@@ -100,22 +100,25 @@ def _record_failure(message: str) -> None:
     write_text(Path(HydraConfig.get().runtime.output_dir) / "metrics.json", json.dumps(status, indent=2) + "\n")
 
 
-def run_dotlist(schema: type, run: Callable[[Any], Any], usage: str, argv: list[str] | None = None) -> int:
-    """A small ``key=value`` command line over a dataclass ``schema`` (no Hydra run folder): user errors and
-    bad keys or values are one ``error:`` line and exit code 2."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+def run_config(config_name: str, run: Callable[[Any], Any], argv: list[str] | None = None) -> int:
+    """A module's command line (``python -m catdog.evaluate key=value ...``): compose ``conf/<config_name>.yaml``
+    with the shared groups (data, model) and the overrides, then ``run(cfg)``. No run folder is made. User
+    errors and bad keys or values are one ``error:`` line and exit code 2; ``debug=true`` shows the traceback."""
+    from hydra import compose, initialize_config_dir
 
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        overrides = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), overrides))
-        run(cfg)
-    except OmegaConfBaseException as err:
-        print(f"error: {str(err).splitlines()[0]} (usage: {usage})", file=sys.stderr)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=args)
+    except Exception as err:
+        first = [line.strip() for line in str(err).strip().splitlines() if line.strip()][:2]
+        print(f"error: {' '.join(first)} (see conf/{config_name}.yaml for the settings)", file=sys.stderr)
         return 2
+    try:
+        run(cfg)
     except Exception as err:
         message = _user_error(err)
-        if message is None or _wants_traceback([]):
+        if message is None or cfg.get("debug") or _wants_traceback(args):
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2

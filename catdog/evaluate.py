@@ -1,10 +1,12 @@
 """Evaluate any checkpoint on any ImageFolder with classes cats and dogs.
 
-    python -m catdog.evaluate ckpt=PATH|latest [data.root=data/processed_data] [split=test] [out_dir=.] [wrong=16]
-                              [tta=false]
+    python -m catdog.evaluate [ckpt=latest|pretrained|none|PATH] [data.root=data/processed_data] [split=test]
+                              [out_dir=.] [wrong=16] [tta=false] [device=auto]
 
-``split=val`` evaluates the validation set that training carves out of ``train/`` (``data.val_fraction``,
-``data.split_seed``: the same images as ``experiment=best`` validated on), for choosing settings without test/.
+Settings: conf/evaluate.yaml, with the data group that training uses (data.root, data.batch_size, ...).
+
+``split=val`` evaluates the validation set that training carves out of ``train/`` (the checkpoint's
+``data.val_fraction`` and ``data.split_seed`` unless given), for choosing settings without test/.
 ``tta=true`` also predicts each image mirrored left-right and averages the two logits.
 Prints accuracy, loss and the confusion matrix; writes ``evaluation.json`` and ``most_wrong.png`` (the images
 the model got wrong with the most confidence) to ``out_dir``.
@@ -14,63 +16,58 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 
 from catdog import CLASSES, CatDogError
 
 
-@dataclass
-class DataConfig:
-    root: str = "data/processed_data"
-    batch_size: int = 64
-    num_workers: int | None = None
-    val_fraction: float = 0.1  # for split=val
-    split_seed: int = 0
+def logits_of(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """The model's logits for a batch (N,); with ``tta`` averaged with those of the mirrored images."""
+    logit = model(x)[:, 0]
+    return (logit + model(x.flip(3))[:, 0]) / 2 if tta else logit
 
 
-@dataclass
-class EvaluateConfig:
-    ckpt: str = "latest"
-    split: str = "test"
-    out_dir: str = "."
-    wrong: int = 16
-    tta: bool = False
-    data: DataConfig = field(default_factory=DataConfig)
-
-
-def evaluate(cfg: EvaluateConfig) -> dict:
+def evaluate(cfg: DictConfig) -> dict:
     from torch.utils.data import DataLoader, Subset
 
     from catdog.allocator import reuse_freed_memory
     from catdog.data import collate_skipping_bad, default_workers, image_folder, val_split
-    from catdog.plots import below, beside, save_png, with_title
-    from catdog.preprocess import Preprocess, load_rgb, resize
-    from catdog.visualize import find_checkpoint, load_model
+    from catdog.files import write_text
+    from catdog.model import pick_device
+    from catdog.views.plots import below, beside, save_png, with_title
+    from catdog.weights import load_weights
 
     reuse_freed_memory()
-    ckpt = find_checkpoint(cfg.ckpt)
-    model, preprocessing = load_model(ckpt)
-    preprocess = Preprocess(tuple(preprocessing["image_size"]), preprocessing["interpolation"])
+    if cfg.split not in ("test", "train", "val"):
+        raise CatDogError(f"split must be test, train or val, got {cfg.split!r}")
+    weights = load_weights(cfg.ckpt)
+    device = pick_device(cfg.device)
+    model = weights.model(device)
+    preprocessing = weights.preprocessing
     folder = Path(cfg.data.root) / ("train" if cfg.split == "val" else cfg.split)
-    dataset = image_folder(folder, preprocess, preprocessing["exif_transpose"])
+    dataset = image_folder(folder, preprocessing.transform(), preprocessing.exif_transpose)
     samples = dataset.samples
-    if cfg.split == "val":
-        if not 0 < cfg.data.val_fraction < 1:
-            raise CatDogError(f"split=val needs 0 < data.val_fraction < 1, got {cfg.data.val_fraction}")
-        indices = val_split(len(dataset), cfg.data.val_fraction, cfg.data.split_seed)[0]
+    note = ""
+    if cfg.split == "val":  # the checkpoint's own split unless the command line sets one
+        trained = weights.metadata.get("data") or {}
+        fraction = cfg.data.val_fraction or trained.get("val_fraction", 0.0)
+        seed = cfg.data.split_seed if cfg.data.val_fraction else trained.get("split_seed", cfg.data.split_seed)
+        if not 0 < fraction < 1:
+            raise CatDogError(f"split=val needs 0 < data.val_fraction < 1, got {fraction}")
+        indices = val_split(len(dataset), fraction, seed)[0]
         dataset, samples = Subset(dataset, indices), [samples[i] for i in indices]
+        note = f" (val: {fraction:g}, split_seed {seed})"
     workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=workers, collate_fn=collate_skipping_bad)
     logits, labels = [], []
     with torch.no_grad():
         for x, y, _ in loader:
             if len(x):
-                logit = model(x)[:, 0]
-                logits.append((logit + model(x.flip(3))[:, 0]) / 2 if cfg.tta else logit)
+                logits.append(logits_of(model, x.to(device), cfg.tta).float().cpu())
                 labels.append(y[:, 0])
     if not logits:
         raise CatDogError(f"no readable images under {folder}")
@@ -78,9 +75,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     predicted = (logit > 0).float()
     confusion = [[int(((label == t) & (predicted == p)).sum()) for p in (0, 1)] for t in (0, 1)]
     result = {
-        "checkpoint": str(ckpt) if ckpt else "none",
-        "data": str(folder)
-        + (f" (val: {cfg.data.val_fraction:g}, split_seed {cfg.data.split_seed})" if cfg.split == "val" else ""),
+        "checkpoint": weights.source,
+        "data": str(folder) + note,
         "images": len(label),
         "tta": cfg.tta,
         "accuracy": float((predicted == label).float().mean()),
@@ -95,15 +91,13 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     if order and len(samples) == len(label):  # in the loader's order; misaligned only if a file failed to decode
         tiles = []
         for i in order:
-            image = load_rgb(samples[i][0], preprocessing["exif_transpose"])
-            image = resize(image, preprocess.size, preprocess.interpolation)
             true, guess = CLASSES[int(label[i])][:-1], CLASSES[int(predicted[i])][:-1]
-            tiles.append(with_title(image, f"{true}: {guess} {max(p_dog[i], 1 - p_dog[i]):.2f}", size=12))
+            title = f"{true}: {guess} {max(p_dog[i], 1 - p_dog[i]):.2f}"
+            tiles.append(with_title(preprocessing.image(samples[i][0]), title, size=12))
         rows = [beside(*tiles[k : k + 8], gap=4) for k in range(0, len(tiles), 8)]
         save_png(below(*rows, gap=4), out_dir / "most_wrong.png")
         result["most_wrong"] = [samples[i][0] for i in order]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out_dir / "evaluation.json", json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -123,11 +117,9 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from catdog.cli import run_dotlist
+    from catdog.cli import run_config
 
-    return run_dotlist(
-        EvaluateConfig, lambda cfg: print(report(evaluate(cfg))), "python -m catdog.evaluate ckpt=PATH", argv
-    )
+    return run_config("evaluate", lambda cfg: print(report(evaluate(cfg))), argv)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ class DenseReLU(nn.Linear):
 class CatDogCNN(nn.Sequential):
     """The seed's CNN. Children, in forward order: conv1, pool1, ..., conv4, pool4, flatten, fc1, fc2.
 
+    ``input_size`` (height, width) sets fc1's inputs: 128 x 7 x 7 at the seed's 150 x 150.
     ``dropout > 0`` adds a ``dropout`` layer between flatten and fc1 (the book's regularised model).
     ``relu_after_pool=True`` is an exact, faster arrangement of the same computation (see ``ConvReLU``).
 
@@ -70,7 +71,13 @@ class CatDogCNN(nn.Sequential):
     columns are permuted: torch column ``c*49 + h*7 + w`` takes Keras row ``(h*7 + w)*128 + c``. Biases copy as is.
     """
 
-    def __init__(self, init: str = "keras", relu_after_pool: bool = False, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        init: str = "keras",
+        relu_after_pool: bool = False,
+        dropout: float = 0.0,
+        input_size: tuple[int, int] = INPUT_SIZE,
+    ) -> None:
         layers: list[tuple[str, nn.Module]] = []
         channels = [3, 32, 64, 128, 128]
         for i in range(4):
@@ -80,12 +87,44 @@ class CatDogCNN(nn.Sequential):
         layers.append(("flatten", nn.Flatten()))
         if dropout:  # as the book's second model: dropout before the dense layers
             layers.append(("dropout", nn.Dropout(dropout)))
-        layers += [("fc1", DenseReLU(128 * 7 * 7, 512)), ("fc2", nn.Linear(512, 1))]
+        h, w = feature_size(input_size)
+        layers += [("fc1", DenseReLU(128 * h * w, 512)), ("fc2", nn.Linear(512, 1))]
         super().__init__(OrderedDict(layers))
+        self.input_size = tuple(input_size)
         if init == "keras":
             self.apply(_keras_init)
         elif init != "torch":
             raise ValueError(f"model init must be 'keras' or 'torch', got {init!r}")
+
+
+def feature_size(input_size: Sequence[int]) -> tuple[int, int]:
+    """Height and width of pool4's output for an input of ``input_size``: each stage is a 3x3 valid conv (-2)
+    and a 2x2 pool (//2). Raises ``ValueError`` for an input too small to leave one position."""
+    out = []
+    for side in input_size:
+        for _ in range(4):
+            side = (side - 2) // 2
+        out.append(side)
+    if len(out) != 2 or min(out) < 1:
+        raise ValueError(f"image size {list(input_size)} is too small for four conv+pool stages; 46 x 46 is the least")
+    return out[0], out[1]
+
+
+def describe(logit: float) -> tuple[str, float]:
+    """('dog', 0.93): the predicted class and its probability, from the single logit (sigmoid: p(dog))."""
+    p_dog = float(torch.sigmoid(torch.tensor(float(logit))))
+    return ("dog", p_dog) if p_dog >= 0.5 else ("cat", 1 - p_dog)
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else the CPU; ``cpu``; ``cuda`` (or ``cuda:N``), which must be available."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec != "cpu" and not spec.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {spec!r}")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={spec}, but CUDA is not available here; use device=auto or device=cpu")
+    return torch.device(spec)
 
 
 def _keras_init(module: nn.Module) -> None:
@@ -108,13 +147,21 @@ def load_keras_weights(model: CatDogCNN, weights: Sequence[np.ndarray]) -> None:
             else:
                 k = k.t()
                 if module is model.fc1:  # NHWC-flatten rows -> NCHW-flatten columns
-                    k = k.reshape(512, 7, 7, 128).permute(0, 3, 1, 2).reshape(512, -1)
+                    h, w = feature_size(model.input_size)
+                    k = k.reshape(512, h, w, 128).permute(0, 3, 1, 2).reshape(512, -1)
+            b = torch.as_tensor(np.asarray(bias, dtype=np.float32))
+            name = next(n for n, m in model.named_children() if m is module)
+            for what, value, target in (("kernel", k, module.weight), ("bias", b, module.bias)):
+                if value.shape != target.shape:  # copy_ would broadcast a wrongly shaped bias
+                    raise ValueError(f"{name} {what} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
             module.weight.copy_(k)
-            module.bias.copy_(torch.as_tensor(np.asarray(bias, dtype=np.float32)))
+            module.bias.copy_(b)
 
 
-def summary(model: nn.Sequential, input_size: tuple[int, int] = INPUT_SIZE) -> str:
-    """A Keras-style table (layer, output shape, params) from one dummy forward pass, child by child."""
+def summary(model: nn.Sequential, input_size: tuple[int, int] | None = None) -> str:
+    """A Keras-style table (layer, output shape, params) from one dummy forward pass, child by child, at the
+    model's ``input_size`` unless given."""
+    input_size = input_size or getattr(model, "input_size", INPUT_SIZE)
     x = torch.zeros(1, 3, *input_size, device=next(model.parameters()).device)
     rows, total = [], 0
     with torch.no_grad():

@@ -9,7 +9,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import BinaryAccuracy
 
 from catdog import CatDogError
-from catdog.model import CatDogCNN
+from catdog.model import INPUT_SIZE, CatDogCNN
 
 
 class KerasRMSprop(torch.optim.Optimizer):
@@ -65,18 +65,39 @@ class CatDogModule(pl.LightningModule):
         dropout: float = 0.0,
         lr_schedule: str | None = None,
         ema_decay: float = 0.0,
+        input_size: tuple[int, int] = INPUT_SIZE,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if lr_schedule not in (None, "cosine"):
             raise CatDogError(f"model.lr_schedule must be null or cosine, got {lr_schedule!r}")
-        self.model = CatDogCNN(init=init, relu_after_pool=relu_after_pool, dropout=dropout)
+        try:
+            start = "keras" if init not in ("keras", "torch") else init
+            self.model = CatDogCNN(start, relu_after_pool, dropout, tuple(input_size))
+        except ValueError as err:
+            raise CatDogError(f"data.image_size: {err}") from err
+        if init not in ("keras", "torch"):  # pretrained, latest or a weights file: fine-tune from those weights
+            self._start_from(init)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         # an exponential moving average of the weights: validated, tested and shipped in their place
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
         self.metrics = torch.nn.ModuleDict({f"{s}_acc": BinaryAccuracy() for s in ("train", "val", "test")})
         self._first_bad: tuple[torch.Tensor, torch.Tensor] | None = None  # step and value of a non-finite loss
+
+    def _start_from(self, spec: str) -> None:
+        from catdog.weights import load_weights
+
+        weights = load_weights(spec)
+        if weights.preprocessing.image_size != self.model.input_size:
+            raise CatDogError(
+                f"model.init={spec}: {weights.source} were trained on {list(weights.preprocessing.image_size)} images, "
+                f"data.image_size is {list(self.model.input_size)}"
+            )
+        with torch.no_grad():
+            weights.model()  # checks every key and shape
+            self.model.load_state_dict(weights.state_dict)
+        print(f"model.init={spec}: starting from {weights.source}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:

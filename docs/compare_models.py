@@ -19,22 +19,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from catdog.hooks import record_activations  # noqa: E402
-from catdog.plots import below, save_png, with_title  # noqa: E402
-from catdog.preprocess import load_rgb, resize, to_tensor  # noqa: E402
-from catdog.visualize import gradcam_page, load_model  # noqa: E402
+from catdog.preprocess import Preprocessing, to_tensor  # noqa: E402
+from catdog.views.activations import gradcam_page  # noqa: E402
+from catdog.views.plots import below, save_png, with_title  # noqa: E402
+from catdog.weights import load_weights  # noqa: E402
 
 
-def pixels(path: Path, preprocessing: dict):
-    """The image as the checkpoint was trained to see it (the same steps as visualize.py)."""
-    image = load_rgb(path, preprocessing.get("exif_transpose", False))
-    return resize(image, tuple(preprocessing["image_size"]), preprocessing["interpolation"])
-
-
-def silence(model, preprocessing: dict, paths: list[Path]) -> dict[str, tuple[float, int, int]]:
+def silence(model, preprocessing: Preprocessing, paths: list[Path]) -> dict[str, tuple[float, int, int]]:
     """Per conv layer: mean share of channels silent on an image, channels silent on all images, channels."""
     silent: dict[str, list[np.ndarray]] = {}
     for path in paths:
-        records = record_activations(model, to_tensor(pixels(path, preprocessing))[None], layers="conv*")
+        records = record_activations(model, preprocessing(path)[None], layers="conv*")
         for name, a in records.items():
             silent.setdefault(name, []).append((a[0].flatten(1).amax(1) == 0).numpy())
     return {
@@ -53,8 +48,9 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, default=Path("gradcam_seed_vs_best.png"))
     args = parser.parse_args()
     paths = [p for label in ("cats", "dogs") for p in sorted((args.folder / label).iterdir())[: args.n // 2]]
-    models = {name: load_model(ckpt) for name, ckpt in (("seed", args.seed), ("best", args.best))}
-    stats = {name: silence(model.eval(), pre, paths) for name, (model, pre) in models.items()}
+    weights = {name: load_weights(ckpt) for name, ckpt in (("seed", args.seed), ("best", args.best))}
+    models = {name: (w.model(), w.preprocessing) for name, w in weights.items()}
+    stats = {name: silence(model, pre, paths) for name, (model, pre) in models.items()}
     print(f"| layer | silent channels per image, seed | best | dead on all {len(paths)} images, seed | best |")
     print("|---|---|---|---|---|")
     for layer in stats["seed"]:
@@ -63,7 +59,7 @@ def main() -> None:
     rows = []
     for image in args.images:
         for name, (model, pre) in models.items():
-            picture = pixels(args.folder / image, pre)
+            picture = pre.image(args.folder / image)
             rows.append(with_title(gradcam_page(model, to_tensor(picture)[None], picture, "conv4"), f"{name} model"))
     save_png(below(*rows, gap=8), args.figure)
     print(f"wrote {args.figure}")

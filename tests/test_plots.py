@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from catdog.plots import SEPARATOR, channel_stats, feature_grid, scale_to_uint8, tile_scale
+from catdog.views.plots import SEPARATOR, channel_stats, feature_grid, scale_to_uint8, tile_scale
 
 
 def test_seed_standardisation_and_dead_channels_without_nan():

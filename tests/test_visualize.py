@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from catdog.filters import filter_patterns
-from catdog.gradcam import gradcam
 from catdog.model import CatDogCNN
+from catdog.views.filters import filter_patterns
+from catdog.views.gradcam import gradcam
 from tests.conftest import REPO, jpeg_bytes, run_script
 
 LAYERS = ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "conv4", "pool4"]
@@ -54,10 +54,9 @@ def test_visualize_end_to_end_with_a_trained_checkpoint(trained_run, picture, tm
     assert manifest["layers"]["pool4"]["shape"] == [128, 7, 7]
 
     # the saved arrays are what the network computes from the saved input (npz round trip, same preprocessing)
-    from catdog.visualize import load_model
+    from catdog.weights import load_weights
 
-    model, _ = load_model(ckpt)
-    from PIL import Image
+    model = load_weights(ckpt).model()
 
     x = torch.from_numpy(np.asarray(Image.open(out / "input.png"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
     with torch.no_grad():
@@ -213,14 +212,15 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
 
     from catdog import CatDogError
     from catdog.prepare import decodes
-    from catdog.visualize import visualize_image
+    from catdog.preprocess import Preprocessing
+    from catdog.views.activations import Figures, visualize_image
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 40x30 picture now counts as a bomb
     path = tmp_path / "bomb.jpg"
     path.write_bytes(jpeg_bytes(1))
     assert decodes(path.read_bytes()).startswith("refused, too many pixels")
     with pytest.raises(CatDogError, match="too many pixels"):
-        visualize_image(CatDogCNN(), path, tmp_path / "out", {"image_size": [150, 150], "interpolation": "nearest"})
+        visualize_image(CatDogCNN(), path, tmp_path / "out", Preprocessing(), Figures(), "none")
 
 
 def test_compare_models_prints_silent_channels_and_draws_both_models(trained_run, tmp_path):

@@ -1,0 +1,119 @@
+"""Classify pictures: the label and the probability of "dog" for each, printed and written as CSV.
+
+    python -m catdog.predict image=PATH|FOLDER|[a.jpg,b.jpg] [ckpt=latest|pretrained|none|PATH] [tta=false]
+                             [out=predictions.csv] [device=auto] [quiet=false]
+
+Settings: conf/predict.yaml (data.batch_size and data.num_workers set the loader). A folder is streamed through a
+DataLoader with workers and each row is written as soon as its batch is done, so memory does not grow with the
+folder. A file that cannot be read becomes a row with its error, never a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from catdog import CatDogError
+from catdog.preprocess import Preprocessing
+
+COLUMNS = ("path", "label", "p_dog", "error")
+
+
+class ImageFiles(Dataset):
+    """``(tensor or None, index, error)`` per file: a file that does not decode is reported, not raised."""
+
+    def __init__(self, paths: list[Path], preprocessing: Preprocessing) -> None:
+        self.paths, self.preprocessing = paths, preprocessing
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str]:
+        try:
+            return self.preprocessing(self.paths[index]), index, ""
+        except CatDogError as err:
+            return None, index, str(err)
+
+
+def _collate(items: list) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+    good = [(x, i) for x, i, _ in items if x is not None]
+    x = torch.stack([x for x, _ in good]) if good else torch.empty(0)
+    return x, [i for _, i in good], [(i, error) for x, i, error in items if x is None]
+
+
+def predict_rows(
+    model: torch.nn.Module, paths: list[Path], preprocessing: Preprocessing, batch_size: int, workers: int, tta: bool
+) -> Iterator[dict]:
+    """One row per path, in order: ``path, label, p_dog`` or ``path, error``; batches on the model's device."""
+    from catdog.evaluate import logits_of
+    from catdog.model import describe
+
+    device = next(model.parameters()).device
+    loader = DataLoader(
+        ImageFiles(paths, preprocessing),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+    with torch.no_grad():
+        for x, indices, failed in loader:
+            rows = {i: {"path": str(paths[i]), "label": "", "p_dog": "", "error": e} for i, e in failed}
+            if len(x):
+                logits = logits_of(model, x.to(device, non_blocking=True), tta).float().cpu().tolist()
+                for i, logit in zip(indices, logits, strict=True):
+                    label, _ = describe(logit)
+                    p_dog = float(torch.sigmoid(torch.tensor(logit)))
+                    rows[i] = {"path": str(paths[i]), "label": label, "p_dog": f"{p_dog:.6f}", "error": ""}
+            yield from (rows[i] for i in sorted(rows))
+
+
+def predict(cfg: DictConfig) -> dict:
+    """Write ``cfg.out`` (atomically: a temporary file renamed at the end); returns counts per label."""
+    from catdog.allocator import reuse_freed_memory
+    from catdog.data import default_workers
+    from catdog.files import atomic_write
+    from catdog.model import pick_device
+    from catdog.preprocess import image_paths
+    from catdog.weights import load_weights
+
+    reuse_freed_memory()
+    paths = image_paths(OmegaConf.to_container(cfg.image) if OmegaConf.is_list(cfg.image) else str(cfg.image))
+    weights = load_weights(cfg.ckpt)
+    model = weights.model(pick_device(cfg.device))
+    print(f"weights: {weights.source}", file=sys.stderr)
+    workers = cfg.data.num_workers
+    if workers is None:  # no worker processes to start for a handful of pictures
+        workers = default_workers() if len(paths) > cfg.data.batch_size else 0
+    counts = {"cat": 0, "dog": 0, "error": 0}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            for row in predict_rows(model, paths, weights.preprocessing, cfg.data.batch_size, workers, cfg.tta):
+                writer.writerow(row)
+                counts[row["label"] or "error"] += 1
+                if not cfg.quiet:
+                    what = f"{row['label']} {float(row['p_dog']):.4f}" if row["label"] else f"error: {row['error']}"
+                    print(f"{what}  {row['path']}")
+
+    out = atomic_write(Path(cfg.out), write)
+    print(f"wrote {out}: {counts['cat']} cats, {counts['dog']} dogs, {counts['error']} unreadable", file=sys.stderr)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    from catdog.cli import run_config
+
+    return run_config("predict", predict, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
