@@ -4,7 +4,6 @@ TensorFlow (see bench/run.py); prints one JSON line.
     python keras_peer.py step --batch 20 --repeats 10
     python keras_peer.py epoch --folder DIR --batch 20
     python keras_peer.py save --model seed.keras
-    python keras_peer.py dump --out seed.npz       (weights, input, intermediate outputs for bench/keras_parity.py)
     python keras_peer.py visualize --model seed.keras --image cat.jpg --out DIR     (the seed's step 4, timed whole)
 """
 
@@ -116,26 +115,9 @@ def visualize(model_path: str, image_path: str, out: str) -> dict:
     return {}
 
 
-def dump(out: str) -> dict:
-    """The seed model's weights, a random input, its 8 intermediate outputs and its output, into one .npz."""
-    import keras
-    import numpy as np
-
-    keras.utils.set_random_seed(0)
-    model = seed_model()
-    x = np.random.default_rng(0).random((2, 150, 150, 3), dtype=np.float32)
-    outputs = keras.Model(inputs=model.inputs, outputs=[layer.output for layer in model.layers[:8]]).predict(
-        x, verbose=0
-    )
-    arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
-    arrays.update({f"out_{layer.name}": o for layer, o in zip(model.layers[:8], outputs, strict=True)})
-    np.savez(out, x=x, y=model.predict(x, verbose=0), **arrays)
-    return {"layers": [layer.name for layer in model.layers[:8]]}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["step", "epoch", "save", "visualize", "dump"])
+    parser.add_argument("mode", choices=["step", "epoch", "save", "visualize"])
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--folder")
@@ -147,8 +129,6 @@ def main() -> None:
         result = step(args.batch, args.repeats)
     elif args.mode == "epoch":
         result = epoch(args.folder, args.batch)
-    elif args.mode == "dump":
-        result = dump(args.out)
     elif args.mode == "save":
         seed_model().save(args.model)
         result = {}

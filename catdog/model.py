@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from catdog import CatDogError
+
 INPUT_SIZE = (150, 150)
 
 
@@ -121,9 +123,9 @@ def pick_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec != "cpu" and not spec.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {spec!r}")
+        raise CatDogError(f"device must be auto, cpu or cuda, got {spec!r}")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={spec}, but CUDA is not available here; use device=auto or device=cpu")
+        raise CatDogError(f"device={spec}, but CUDA is not available here; use device=auto or device=cpu")
     return torch.device(spec)
 
 
