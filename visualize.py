@@ -40,7 +40,12 @@ def main(cfg: DictConfig) -> None:
 
     layers = OmegaConf.to_container(cfg.layers) if OmegaConf.is_list(cfg.layers) else cfg.layers
     figures = Figures(layers, cfg.per_row, cfg.norm, cfg.channel, cfg.gradcam_layer if cfg.gradcam else None)
-    shown, failed = [], 0
+    figures.explorer = cfg.explorer
+    if cfg.explorer and str(cfg.atlas) != "none":
+        from catdog.atlas import explorer_atlas
+
+        figures.atlas = explorer_atlas(model, weights.preprocessing, str(cfg.ckpt), str(cfg.atlas))
+    shown, linked, failed = [], [], 0
     for path, sub in zip(paths, unique_dirs(paths), strict=True):
         target = out_dir if len(paths) == 1 else out_dir / sub
         try:
@@ -57,8 +62,14 @@ def main(cfg: DictConfig) -> None:
         print(f"{p['label']} {p['probability']:.2f}" + (f"  {path}" if len(paths) > 1 else ""))
         if len(paths) > 1 and len(shown) < COMPARE_MAX:  # keep only what the compare pages show: bounded memory
             shown.append((manifest, pages))
+        if len(paths) > 1 and cfg.explorer:
+            linked.append({"name": path.name, "href": f"{sub}/index.html", **manifest["prediction"]})
     if shown:
         compare_pages(shown, out_dir)
+    if linked:
+        from catdog.views.explorer import write_folder_index
+
+        write_folder_index(out_dir / "index.html", linked, weights.source)
     print(f"wrote {out_dir}" + (f" ({failed} of {len(paths)} images skipped)" if failed else ""))
 
 

@@ -3,6 +3,7 @@ TensorFlow (see bench/run.py); prints one JSON line.
 
     python keras_peer.py step --batch 20 --repeats 10
     python keras_peer.py epoch --folder DIR --batch 20
+    python keras_peer.py predict --folder DIR --batch 20     (model.predict over flow_from_directory, class_mode=None)
     python keras_peer.py save --model seed.keras
     python keras_peer.py visualize --model seed.keras --image cat.jpg --out DIR     (the seed's step 4, timed whole)
 """
@@ -115,9 +116,23 @@ def visualize(model_path: str, image_path: str, out: str) -> dict:
     return {}
 
 
+def predict(folder: str, batch: int) -> dict:
+    """The seed's way to classify a folder: ``model.predict`` over ``flow_from_directory(class_mode=None)``."""
+    try:
+        from keras.preprocessing.image import ImageDataGenerator
+    except ImportError:
+        from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    model = seed_model()
+    generator = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(
+        folder, target_size=(150, 150), batch_size=batch, class_mode=None, shuffle=False
+    )
+    return {"images": int(model.predict(generator, verbose=0).shape[0])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["step", "epoch", "save", "visualize"])
+    parser.add_argument("mode", choices=["step", "epoch", "predict", "save", "visualize"])
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--folder")
@@ -129,6 +144,8 @@ def main() -> None:
         result = step(args.batch, args.repeats)
     elif args.mode == "epoch":
         result = epoch(args.folder, args.batch)
+    elif args.mode == "predict":
+        result = predict(args.folder, args.batch)
     elif args.mode == "save":
         seed_model().save(args.model)
         result = {}

@@ -1,9 +1,13 @@
-"""Lightning callbacks that write a run's human-facing outputs."""
+"""Lightning callbacks that write a run's outputs: the last checkpoint, the curves, the activation snapshots."""
 
 from __future__ import annotations
 
 import csv
 import io
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,74 @@ import torch
 from catdog.files import atomic_write, write_text
 
 CURVE_METRICS = ("train_acc", "val_acc", "train_loss", "val_loss")
+
+
+class LastCheckpoint(pl.callbacks.Checkpoint):
+    """``checkpoints/last.ckpt`` for ``ckpt_path=last``: after every training epoch and, for long epochs, also every
+    ``every_n_train_steps`` steps and/or ``every_n_minutes`` minutes, so that a crash or ``kill -9`` loses at most
+    that much. A mid-epoch checkpoint holds the loop's and the training loader's position: resumed, the rest of the
+    epoch is replayed exactly (``catdog.data.ResumableLoader``).
+
+    Ctrl-C (SIGINT) stops the run at the end of the current training step (of the epoch, on its last step or during
+    validation), with ``last.ckpt`` saved there first; a second Ctrl-C stops at once. Lightning then reports
+    ``trainer.interrupted`` and exits, which ``train.py`` turns into exit code 130.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = None, every_n_minutes: float | None = None):
+        self.path = Path(dirpath) / "last.ckpt"
+        self.every_n_train_steps = every_n_train_steps or 0
+        self.every_n_seconds = 60 * every_n_minutes if every_n_minutes else None
+        self.stop_requested = False
+        self._saved = (-1, time.monotonic())  # global step and time of the last save
+        self._previous_handler = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._saved = (-1, time.monotonic())
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+
+    def _on_interrupt(self, signum: int, frame) -> None:
+        if self.stop_requested:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        self.stop_requested = True
+        print(
+            f"\nCtrl-C: stopping at the end of this training step, after saving {self.path} (Ctrl-C again: now)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_handler()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore_handler()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return  # the epoch's end comes next (validation, schedules, curves): save and stop there
+        step, saved_at = self._saved
+        due = bool(self.every_n_train_steps) and trainer.global_step % self.every_n_train_steps == 0
+        if self.every_n_seconds is not None:
+            due = due or trainer.strategy.broadcast(time.monotonic() - saved_at >= self.every_n_seconds)
+        self._save_or_stop(trainer, due and trainer.global_step != step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._save_or_stop(trainer, True)
+
+    def _save_or_stop(self, trainer: pl.Trainer, due: bool) -> None:
+        stop = self.stop_requested
+        if trainer.world_size > 1:  # every process stops at the same step
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if (due or stop) and not trainer.sanity_checking and not trainer.fast_dev_run:
+            trainer.save_checkpoint(self.path)
+            self._saved = (trainer.global_step, time.monotonic())
+        if stop:
+            raise KeyboardInterrupt
 
 
 class TrainingCurves(pl.Callback):

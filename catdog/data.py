@@ -6,6 +6,8 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
+import sys
 import warnings
 from functools import partial
 from pathlib import Path
@@ -13,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import Compose, InterpolationMode, RandomAffine, RandomHorizontalFlip
 
 from catdog import CLASSES, CatDogError
 from catdog.model import INPUT_SIZE
-from catdog.prepare import IMAGE_EXTENSIONS, MICROSOFT_URL, prepare
-from catdog.preprocess import Preprocess, load_rgb, resize, to_tensor
+from catdog.prepare import locked, prepare
+from catdog.preprocess import BAD_IMAGE_ERRORS, IMAGE_EXTENSIONS, Preprocess, load_rgb, resize, to_tensor
 
 
 def default_workers() -> int:
@@ -44,9 +45,6 @@ def free_memory(device: torch.device) -> int:
             return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (AttributeError, ValueError, OSError):
             return 0
-
-
-BAD_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class CatDogImageFolder(ImageFolder):
@@ -114,25 +112,50 @@ def build_cache(dataset: CatDogImageFolder, preprocess: Preprocess, exif_transpo
     key = hashlib.sha1(json.dumps([listing, settings]).encode()).hexdigest()[:16]
     cache_dir = folder.parent / ".cache"
     cache = cache_dir / f"{folder.name}-{key}.npy"
-    if cache.exists():
-        return cache
+    h, w = preprocess.size
+    with locked(cache_dir / f".{folder.name}.lock", str(cache_dir)):  # another run building it: wait for it
+        damage = cache_damage(cache, (len(listing), h, w, 3)) if cache.exists() else "missing"
+        if damage is None:
+            return cache
+        if damage != "missing":
+            print(f"warning: the cached images {cache} are damaged ({damage}); rebuilding them", file=sys.stderr)
+        _write_cache(dataset, cache, preprocess, exif_transpose, workers)
+    return cache
+
+
+def cache_damage(cache: Path, shape: tuple[int, ...]) -> str | None:
+    """None if ``cache`` and its ``.valid.npy`` are whole uint8 images of ``shape`` and one flag per image, else
+    what is wrong with them (truncated, not .npy, another shape)."""
+    try:
+        pixels = np.load(cache, mmap_mode="r")
+        valid = np.load(cache.with_suffix(".valid.npy"))
+    except (OSError, ValueError, EOFError) as err:  # truncated or not .npy at all (pickles are refused)
+        return f"{type(err).__name__}: {err}"
+    if not isinstance(pixels, np.ndarray) or not isinstance(valid, np.ndarray):  # e.g. a .npz archive
+        return "not a .npy array"
+    if pixels.dtype != np.uint8 or pixels.shape != shape or valid.dtype != bool or valid.shape != shape[:1]:
+        return f"{pixels.dtype}{list(pixels.shape)} and {valid.dtype}{list(valid.shape)}, expected uint8{list(shape)}"
+    return None
+
+
+def _write_cache(dataset: CatDogImageFolder, cache: Path, preprocess: Preprocess, exif: bool, workers: int) -> None:
+    cache_dir, name = cache.parent, Path(dataset.root).name
     cache_dir.mkdir(exist_ok=True)
     h, w = preprocess.size
     tmp = cache_dir / f".{cache.name}.tmp.npy"
-    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(listing), h, w, 3))
-    valid = np.zeros(len(listing), dtype=bool)
-    jobs = [(p, (h, w), preprocess.interpolation, exif_transpose) for p, _ in dataset.samples]
+    pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(dataset.samples), h, w, 3))
+    valid = np.zeros(len(dataset.samples), dtype=bool)
+    jobs = [(p, (h, w), preprocess.interpolation, exif) for p, _ in dataset.samples]
     with multiprocessing.get_context("spawn").Pool(max(1, workers)) as pool:
         for i, array in enumerate(pool.imap(_decode_resized, jobs, chunksize=64)):
             if array is not None:
                 pixels[i], valid[i] = array, True
     pixels.flush()
     del pixels
-    for old in cache_dir.glob(f"{folder.name}-*.npy"):
+    for old in cache_dir.glob(f"{name}-*.npy"):
         old.unlink()
     np.save(cache.with_suffix(".valid.npy"), valid)
     os.replace(tmp, cache)
-    return cache
 
 
 class CachedIndices(Dataset):
@@ -196,20 +219,79 @@ def make_augment(
 
 class EpochShuffle(torch.utils.data.Sampler):
     """A random order that depends only on (seed, epoch): a run resumed from a checkpoint sees the same order
-    in its later epochs as an uninterrupted run. Lightning calls ``set_epoch`` before each epoch."""
+    in its later epochs as an uninterrupted run. Lightning calls ``set_epoch`` before each epoch.
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
+    ``seeded=True`` yields ``(sample seed, index)`` pairs for ``SeededSamples``: each sample's seed is drawn from
+    (seed, epoch, index) alone. ``start`` skips the first samples of the next ``__iter__`` (a mid-epoch resume)."""
+
+    def __init__(self, size: int, seed: int, seeded: bool = False) -> None:
+        self.size, self.seed, self.epoch, self.seeded, self.start = size, seed, 0, seeded, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator)[self.start :].tolist()
+        self.start = 0
+        if not self.seeded:
+            return iter(order)
+        seeds = torch.randint(2**62, (self.size,), generator=generator).tolist()
+        return iter([(seeds[i], i) for i in order])
 
     def __len__(self) -> int:
         return self.size
+
+
+class SeededSamples(Dataset):
+    """``dataset[(seed, index)]`` is ``dataset[index]`` drawn with torch's CPU generator seeded with ``seed`` (see
+    ``EpochShuffle``), so a sample's augmentation depends on (seed, epoch, index) and on nothing else: not on which
+    loader worker draws it, nor on what that worker drew before (a resumed run, a restarted worker)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        seed, index = key
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream (num_workers=0) is left as it was
+            torch.default_generator.manual_seed(seed)
+            return self.dataset[index]
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader. Lightning saves its ``state_dict`` (epoch, batches done) in every checkpoint and
+    restores it when resuming mid-epoch: the rest of that epoch is replayed exactly, the done batches skipped.
+    Its iterator starts at the first batch, not when it is made: Lightning makes it before ``set_epoch``, and
+    with workers it would draw the previous epoch's order then (a resumed run trained on epoch 0's order)."""
+
+    position = 0  # batches of the current epoch handed out
+    _resume: dict[int, int] = {}  # {epoch: batches already done}, from a checkpoint
+
+    def __iter__(self):
+        sampler = self.sampler if isinstance(self.sampler, EpochShuffle) else None  # DDP wraps it: no skipping
+        resume, self._resume = self._resume, {}
+        self.position = resume.get(sampler.epoch, 0) if sampler is not None else 0
+        if self.position:
+            sampler.start = self.position * self.batch_size
+        for batch in super().__iter__():
+            self.position += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        sampler = self.sampler if isinstance(self.sampler, EpochShuffle) else None
+        return {} if sampler is None else {"epoch": sampler.epoch, "batches": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = {state["epoch"]: state["batches"]} if state else {}
+
+
+def _ignore_interrupt(worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group: the loader workers live on, so that the run stops
+    cleanly at the end of its step (``catdog.callbacks.LastCheckpoint``); they end with the main process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def image_folder(path: Path, transform: Preprocess, exif_transpose: bool = False) -> CatDogImageFolder:
@@ -244,7 +326,7 @@ class CatDogDataModule(pl.LightningDataModule):
     def __init__(
         self,
         root: str = "data/processed_data",
-        source: str | None = MICROSOFT_URL,
+        source: str | None = "microsoft",
         batch_size: int = 20,
         image_size: tuple[int, int] = INPUT_SIZE,
         interpolation: str = "nearest",
@@ -277,6 +359,7 @@ class CatDogDataModule(pl.LightningDataModule):
         self.split_seed = split_seed
         self.test_fraction = test_fraction
         self.train_set: Dataset | None = None
+        self.shuffle_seed = 0  # drawn in setup
 
     def prepare_data(self) -> None:
         if not self.root.exists():
@@ -304,8 +387,14 @@ class CatDogDataModule(pl.LightningDataModule):
             self.train_set, self.val_set = Subset(train, rest), Subset(plain, val)
         else:
             self.train_set, self.val_set = train, self.test_set
-        # drawn from torch's generator, so seed= fixes it; the same in a resumed run as in the first
+        # drawn from torch's generator, so seed= fixes it; a resumed run takes the first's (load_state_dict)
         self.shuffle_seed = int(torch.randint(0, 2**31, (1,)))
+
+    def state_dict(self) -> dict:
+        return {"shuffle_seed": self.shuffle_seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.shuffle_seed = state_dict.get("shuffle_seed", self.shuffle_seed)
 
     def _cache_device(self, *folders: CatDogImageFolder) -> torch.device | None:
         """Where to hold the cached images: the training device when ``cache_on_device`` is true, or when it is
@@ -347,14 +436,20 @@ class CatDogDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         workers = 0 if self.pixels is not None else self.num_workers  # indices only: no work for workers
-        return DataLoader(
+        sampler = None
+        if shuffle:  # the training loader: resumable, and augmentation seeded per sample when there is one
+            seeded = self.augment is not None and self.pixels is None
+            sampler = EpochShuffle(len(dataset), self.shuffle_seed, seeded=seeded)
+            dataset = SeededSamples(dataset) if seeded else dataset
+        return (ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None,
+            sampler=sampler,
             num_workers=workers,
             pin_memory=self.pin_memory and self.pixels is None,
             persistent_workers=workers > 0,
             collate_fn=collate_skipping_bad if self.pixels is None else _as_is,  # CachedIndices collates
+            worker_init_fn=_ignore_interrupt if workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from catdog import CatDogError
@@ -134,11 +135,12 @@ def check_onnx(path: str | os.PathLike, weights: Weights, batch: int = 2) -> flo
     return difference
 
 
-def export_safetensors(weights: Weights, out: str | os.PathLike) -> Path:
-    """Write ``weights`` with ``catdog.weights.save_weights``; its metadata also says where they came from."""
+def export_safetensors(weights: Weights, out: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write ``weights`` with ``catdog.weights.save_weights``; its metadata also says where they came from, plus
+    ``extra`` (e.g. the command that trained them, the commit, the test accuracy)."""
     from catdog.weights import save_weights
 
-    metadata = {**weights.metadata, "exported_from": weights.source}
+    metadata = {**weights.metadata, "exported_from": weights.source, **(extra or {})}
     return save_weights(Weights(weights.state_dict, weights.preprocessing, weights.source, metadata), out)
 
 
@@ -175,7 +177,8 @@ def export(cfg) -> Path:
     weights = load_weights(cfg.ckpt)
     print(f"weights: {weights.source}")
     if fmt == "safetensors":
-        print(f"wrote {export_safetensors(weights, out)}")
+        extra = OmegaConf.to_container(cfg.metadata) if cfg.get("metadata") else None
+        print(f"wrote {export_safetensors(weights, out, extra)}")
         return out
     difference = None
 

@@ -22,6 +22,12 @@ class ActivationRecorder:
     does not keep them in GPU memory. A later forward pass replaces the records. Every hook handle is removed on
     exit, also when the forward pass raises; with no recorder active the model runs exactly as before.
 
+    ``keep_graph=True`` (for Grad-CAM) instead records each layer's live output, on the autograd graph and on the
+    model's device, so that gradients can be taken with respect to it. A layer's ``recorded_activation`` is then
+    applied in the forward pass itself (the hook returns it as the layer's output), so the rest of the network
+    computes from the recorded tensor: exact for an activation that commutes with what follows it, as the ReLU
+    that ``ConvReLU`` defers past its max-pool does (``relu(pool(x)) == pool(relu(x))``, and ReLU is idempotent).
+
         with ActivationRecorder(model) as recorder:
             model(x)
         recorder.records["conv1"]  # (N, 32, 148, 148)
@@ -33,9 +39,11 @@ class ActivationRecorder:
         layers: str | Iterable[str] | None = None,
         device: str | torch.device | None = "cpu",
         types: tuple[type[nn.Module], ...] = RECORDED_TYPES,
+        keep_graph: bool = False,
     ) -> None:
         self.model = model
         self.device = device
+        self.keep_graph = keep_graph
         candidates = [(name, m) for name, m in model.named_modules() if name and isinstance(m, types)]
         self.modules = select(candidates, layers)
         self.records: dict[str, torch.Tensor] = {}
@@ -46,14 +54,19 @@ class ActivationRecorder:
         return [name for name, _ in self.modules]
 
     def _hook(self, name: str):
-        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            out = output.detach()
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
             activation = getattr(module, "recorded_activation", None)  # a layer that defers its activation
+            if self.keep_graph:
+                live = output if activation is None else activation(output)
+                self.records[name] = live
+                return None if activation is None else live  # the network goes on from the recorded tensor
+            out = output.detach()
             if activation is not None:
                 out = activation(out)  # a new tensor already: a copy
                 self.records[name] = out if self.device is None else out.to(self.device)
             else:
                 self.records[name] = out.clone() if self.device is None else out.to(self.device, copy=True)
+            return None
 
         return record
 

@@ -84,6 +84,7 @@ class CatDogModule(pl.LightningModule):
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
         self.metrics = torch.nn.ModuleDict({f"{s}_acc": BinaryAccuracy() for s in ("train", "val", "test")})
         self._first_bad: tuple[torch.Tensor, torch.Tensor] | None = None  # step and value of a non-finite loss
+        self.dropout_seed = torch.initial_seed()  # seed= sets it (drawing nothing); saved in checkpoints
 
     def _start_from(self, spec: str) -> None:
         from catdog.weights import load_weights
@@ -147,11 +148,30 @@ class CatDogModule(pl.LightningModule):
             )
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        if not self.hparams.dropout:
+            return self._step(batch, "train")
+        # dropout's masks depend only on the run's dropout seed and the step, not on what else drew random numbers
+        # before: a resumed run draws the same masks as an uninterrupted one
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.dropout_seed + self.global_step)
+            return self._step(batch, "train")
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.update_average()
+
+    def update_average(self) -> None:
+        """Fold the weights just stepped into their moving average (in the step itself, so a checkpoint saved
+        after the step holds both)."""
         if self.ema is not None:
             self.ema.update_parameters(self.model)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["dropout_seed"] = self.dropout_seed
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.dropout_seed = checkpoint.get("dropout_seed", self.dropout_seed)
 
     def on_train_epoch_end(self) -> None:
         self._raise_if_bad()

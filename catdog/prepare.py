@@ -25,17 +25,24 @@ import urllib.request
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock
+    fcntl = None
+
 from catdog import CLASSES, CatDogError
+from catdog.preprocess import IMAGE_EXTENSIONS
 
 MICROSOFT_URL = (
     "https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip"
 )
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+SOURCES = {"microsoft": MICROSOFT_URL}  # names for sources: data.source=microsoft is the default download
 _FOLDER_LABELS = {"cat": "cats", "cats": "cats", "dog": "dogs", "dogs": "dogs"}
 
 
@@ -156,8 +163,28 @@ def _target_name(entry: Entry) -> str:
     return name if name.lower().startswith(prefix) else prefix + name
 
 
+@contextmanager
+def locked(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (made if missing, left in place) for the block: a second
+    process preparing the same ``what`` (two terminals, a sweep's parallel jobs) waits here for the first."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a")
+    except OSError:  # a read-only folder: nobody prepares anything there
+        yield
+        return
+    with lock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for another process preparing {what} (lock file {path})", flush=True)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # the lock goes with the file's closing
+
+
 def prepare(
-    source: str | os.PathLike = MICROSOFT_URL,
+    source: str | os.PathLike = "microsoft",
     root: str | os.PathLike = "data/processed_data",
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -166,14 +193,25 @@ def prepare(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Build ``root/{train,test}/{cats,dogs}`` from ``source``; returns ``root``. Does nothing if ``root`` exists."""
+    """Build ``root/{train,test}/{cats,dogs}`` from ``source``; returns ``root``. Does nothing if ``root`` exists.
+    A second process preparing the same ``root`` meanwhile waits on the lock file ``.<root name>.lock`` beside it."""
     root = Path(root)
     if root.exists() and not force:
         print(f"{root} exists; nothing to do (force=true rebuilds it)")
         return root
     if not 0 < test_fraction < 1:
         raise CatDogError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    source = str(source)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with locked(root.parent / f".{root.name}.lock", str(root)):
+        if root.exists() and not force:  # another process made it while this one waited for the lock
+            print(f"{root} was prepared by another process; nothing to do")
+            return root
+        return _prepare(str(source), root, test_fraction, seed, sha256, download_dir, progress)
+
+
+def _prepare(
+    source: str, root: Path, test_fraction: float, seed: int, sha256: str | None, download_dir: str, progress: bool
+) -> Path:
     if is_url(source):
         source = str(download(source, Path(download_dir) / Path(source.split("?")[0]).name, sha256, progress))
     path = Path(source).expanduser()
@@ -194,7 +232,6 @@ def prepare(
             "(Kaggle's cat.N.jpg/dog.N.jpg or PetImages/Cat, PetImages/Dog)"
         )
 
-    root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         kept, skipped = _copy_decodable(entries, staging / "all", progress)
@@ -258,22 +295,16 @@ def _copy_decodable(entries: list[Entry], dest: Path, progress: bool) -> tuple[l
     return kept, skipped
 
 
-@dataclass
-class PrepareConfig:
-    source: str = MICROSOFT_URL
-    root: str = "data/processed_data"
-    test_fraction: float = 0.2
-    seed: int = 0
-    sha256: str | None = None
-    download_dir: str = "data/downloads"
-    force: bool = False
-
-
 def main(argv: list[str] | None = None) -> int:
-    from catdog.cli import run_dotlist
+    """``python -m catdog.prepare key=value ...``: settings from conf/prepare.yaml (the data group's root, source,
+    test_fraction and split_seed by default)."""
+    from catdog.cli import run_config
 
-    usage = "python -m catdog.prepare source=PATH_OR_URL"
-    return run_dotlist(PrepareConfig, lambda cfg: prepare(**vars(cfg)), usage, argv)
+    def run(cfg) -> None:
+        keys = ("source", "root", "test_fraction", "seed", "sha256", "download_dir", "force")
+        prepare(**{k: cfg[k] for k in keys})
+
+    return run_config("prepare", run, argv)
 
 
 if __name__ == "__main__":

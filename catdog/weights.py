@@ -63,7 +63,7 @@ def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
             detail = f"{k} has shape {list(state[k].shape)} where {list(expected[k].shape)} is expected"
         else:
             detail = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
-        raise CatDogError(f"{source} does not hold catdog CatDogCNN weights: {detail}")
+        raise CatDogError(f"{source} is not a catdog CatDogCNN: {detail}")
 
 
 def untrained() -> Weights:

@@ -156,6 +156,33 @@ def test_decoded_cache_gives_the_same_batches_and_is_rebuilt_when_files_change(i
     assert len(now) == 1 and now[0] not in caches and len(changed.train_set) == 50  # rebuilt, the old one removed
 
 
+def test_a_damaged_cache_is_rebuilt_with_a_one_line_warning(image_tree, capsys, monkeypatch):
+    import multiprocessing
+
+    from catdog.data import build_cache, image_folder
+
+    fork = multiprocessing.get_context("fork")
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: fork)  # a spawned pool imports for seconds
+    preprocess = Preprocess((150, 150), "nearest")
+    folder = image_folder(image_tree / "test", preprocess)
+    cache = build_cache(folder, preprocess, False, workers=1)
+    good = np.load(cache)
+    capsys.readouterr()
+    damages = {
+        "truncated": lambda: cache.write_bytes(cache.read_bytes()[:1000]),
+        "garbage": lambda: cache.write_bytes(np.random.default_rng(0).bytes(5000)),
+        "wrong shape": lambda: np.save(cache, good[:, :100]),
+        "flags damaged": lambda: cache.with_suffix(".valid.npy").write_bytes(b"\x93NUMPY"),
+    }
+    for damage in damages.values():
+        damage()
+        assert build_cache(folder, preprocess, False, workers=1) == cache
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"warning: the cached images {cache} are damaged"), err
+        np.testing.assert_array_equal(np.load(cache), good)
+    assert build_cache(folder, preprocess, False, workers=1) == cache and not capsys.readouterr().err  # whole: kept
+
+
 def _batches(dm: CatDogDataModule, dataset) -> list:
     return [dm.on_after_batch_transfer(b, 0) for b in dm._loader(dataset, shuffle=False)]
 

@@ -48,11 +48,11 @@ def test_ema_validates_the_moving_average_of_the_weights():
     module = CatDogModule(ema_decay=0.5)
     x = torch.rand(2, 3, 150, 150)
     start = [p.detach().clone() for p in module.model.parameters()]
-    module.on_train_batch_end(None, None, 0)  # the first update copies the weights
+    module.update_average()  # the first update copies the weights
     with torch.no_grad():
         for p in module.model.parameters():
             p.add_(1.0)
-    module.on_train_batch_end(None, None, 1)  # then averages: 0.5 * old + 0.5 * new
+    module.update_average()  # then averages: 0.5 * old + 0.5 * new
     for p0, p, e in zip(start, module.model.parameters(), module.ema.module.parameters(), strict=True):
         torch.testing.assert_close(e, (p0 + p) / 2)
     module.train()

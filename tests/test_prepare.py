@@ -1,6 +1,7 @@
 import hashlib
 import http.server
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -84,7 +85,8 @@ def test_split_is_deterministic_and_rerun_is_safe(tmp_path, kaggle_files, capsys
     prepare(source, tmp_path / "a", seed=3, progress=False)  # exists: left alone
     assert "nothing to do" in capsys.readouterr().out
     assert tree(prepare(source, tmp_path / "a", seed=4, force=True, progress=False)) == tree(tmp_path / "c")
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folders left
+    hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert sorted(hidden) == [".a.lock", ".b.lock", ".c.lock"]  # no staging folders left; the lock files stay
 
 
 def test_bad_sources_are_clear_errors(tmp_path):
@@ -166,3 +168,48 @@ def test_odd_but_valid_images_are_kept_and_loops_ignored(tmp_path, kaggle_files)
     assert len(files["train/cats"]) + len(files["test/cats"]) == 10  # PNG/GIF/BMP/WebP named .jpg, CMYK, 16-bit...
     assert "skipped 0 file(s)" in (root / "prepare_report.txt").read_text()
     assert sorted(p.name for p in root.iterdir()) == ["prepare_report.txt", "test", "train"]
+
+
+def test_two_runs_preparing_the_same_root_at_once_wait_for_each_other(tmp_path, kaggle_files, monkeypatch):
+    """Two terminals or a sweep's parallel jobs: the second waits on the lock file for the first, then finds the
+    tree complete; neither crashes nor sees a half-built tree."""
+    import catdog.prepare as prepare_module
+
+    source = write_zip(tmp_path / "train.zip", kaggle_files)
+    root = tmp_path / "data" / "processed"
+    second_arrived, builds, errors = threading.Event(), [], []
+    real_copy = prepare_module._copy_decodable
+
+    def copy(*args, **kwargs):  # the first build holds on until the second run is waiting (or building: no lock)
+        builds.append(threading.current_thread().name)
+        if len(builds) == 1:
+            assert second_arrived.wait(30)
+        else:
+            second_arrived.set()
+        return real_copy(*args, **kwargs)
+
+    def say(*args, **kwargs):
+        if "waiting for another process" in str(args[0]):
+            second_arrived.set()
+
+    def run() -> None:
+        try:
+            prepare(source, root, progress=False)
+            assert tree(root) == expected  # complete as soon as prepare returns
+        except BaseException as err:  # reported below, from the test's thread
+            errors.append(err)
+
+    expected = tree(prepare(source, tmp_path / "reference", progress=False))
+    monkeypatch.setattr(prepare_module, "_copy_decodable", copy)
+    monkeypatch.setattr(prepare_module, "print", say, raising=False)
+    first = threading.Thread(target=run, name="first")
+    first.start()
+    while not builds:
+        time.sleep(0.01)
+    second = threading.Thread(target=run, name="second")
+    second.start()
+    first.join(60)
+    second.join(60)
+    assert not errors, errors
+    assert builds == ["first"] and tree(root) == expected
+    assert sorted(p.name for p in root.parent.iterdir()) == [".processed.lock", "processed"]  # no staging left

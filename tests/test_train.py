@@ -16,7 +16,7 @@ def test_a_run_folder_holds_every_output(trained_run):
     assert any(n.startswith("checkpoints/best-epoch00-val_acc") for n in names)
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and 0 <= metrics["test_acc"] <= 1 and 0 <= metrics["best_val_acc"] <= 1
-    assert Path(metrics["best_checkpoint"]).exists()
+    assert Path(metrics["best_checkpoint"]).exists() and metrics["tested"] == metrics["best_checkpoint"]
     history = (trained_run / "history.csv").read_text().splitlines()
     assert history[0] == "epoch,train_acc,val_acc,train_loss,val_loss" and len(history) == 2
     assert (trained_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -90,3 +90,21 @@ def test_experiment_best_runs_with_augmentation_dropout_schedule_and_early_stopp
     assert "dropout: 0.5" in config and "lr_schedule: cosine" in config and "EarlyStopping" in config
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 2
+
+
+def test_without_a_best_checkpoint_the_last_weights_are_tested_and_labelled(tmp_path, image_tree):
+    result = run_train(
+        f"data.root={image_tree}",
+        "callbacks.checkpoint=null",
+        "callbacks.snapshots=null",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no best checkpoint (callbacks.checkpoint=null): testing the last weights" in result.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["tested"] == "last weights" and metrics["best_checkpoint"] is None and "best_val_acc" not in metrics
+    assert 0 <= metrics["test_acc"] <= 1
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["last.ckpt"]

@@ -42,6 +42,8 @@ class Figures:
     norm: str = "channel"
     channel: int | None = None  # also draw this channel of each layer alone, large
     gradcam_layer: str | None = None
+    explorer: bool = True  # index.html, the interactive page (catdog.views.explorer)
+    atlas: dict | None = None  # an atlas of the same weights, shown in index.html
 
 
 def visualize_image(
@@ -55,7 +57,8 @@ def visualize_image(
     x = to_tensor(image)[None].to(device)
     layers, per_row, norm, channel = figures.layers, figures.per_row, figures.norm, figures.channel
     with ActivationRecorder(model, layers) as recorder, torch.no_grad():
-        logit = float(model(x)[0, 0])
+        output = model(x)
+    logit = float(output[0, 0])
     records = {name: r[0].numpy() for name, r in recorder.records.items()}
     label, probability = describe(logit)
 
@@ -90,6 +93,21 @@ def visualize_image(
         "layers": {name: channel_stats(a) for name, a in records.items()},
     }
     write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    if figures.explorer:
+        from catdog.views.explorer import explorer_data, write_index
+
+        data = explorer_data(
+            model,
+            x,
+            image,
+            path.name,
+            layers,
+            figures.gradcam_layer,
+            atlas=figures.atlas,
+            source=checkpoint,
+            recorded=(recorder.records, output),
+        )
+        write_index(out_dir / "index.html", data)
     return manifest, pages
 
 

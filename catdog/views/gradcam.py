@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from catdog.hooks import ActivationRecorder
+
 
 def _normalise(cam: torch.Tensor) -> torch.Tensor:
     """Scale to [0, 1] by the maximum; all zeros when nothing is positive (never 0/0)."""
@@ -19,19 +21,18 @@ def gradcam(model: nn.Module, x: torch.Tensor, layer: str = "conv4") -> dict[str
     With one sigmoid output there is one logit z: its gradient points toward "dog". Channel weights are the
     spatial means of dz/dA; ``dog`` = ReLU(sum_k w_k A_k) and ``cat`` = ReLU(-sum_k w_k A_k) — the usual
     two-class Grad-CAM, since a softmax over (cat, dog) would use z_dog - z_cat = z. Also returns ``logit``.
+    ``layer`` is a conv or pool layer that ``ActivationRecorder`` finds (``KeyError`` otherwise).
     """
-    modules = dict(model.named_modules())
-    if layer not in modules:
-        raise KeyError(f"no layer named {layer!r}; layers are {', '.join(n for n in modules if n)}")
-    captured: dict[str, torch.Tensor] = {}
-    handle = modules[layer].register_forward_hook(lambda m, i, out: captured.__setitem__("A", out))
-    try:
-        with torch.enable_grad():
-            logit = model(x)[0, 0]
-            (grad,) = torch.autograd.grad(logit, captured["A"])
-    finally:
-        handle.remove()
-    activation = captured["A"][0].detach()
+    # Through the recorder, which finds the layer by type and keeps its output on the autograd graph: a layer that
+    # defers its ReLU (relu_after_pool) is weighted after the ReLU it stands for, never on its pre-ReLU output.
+    recorder = ActivationRecorder(model, [layer], device=None, keep_graph=True)
+    if recorder.names != [layer]:
+        raise KeyError(f"Grad-CAM needs one layer; {layer!r} matches {', '.join(recorder.names)}")
+    with recorder, torch.enable_grad():
+        logit = model(x)[0, 0]
+        activation = recorder.records[layer]
+        (grad,) = torch.autograd.grad(logit, activation)
+    activation = activation[0].detach()
     weighted = (grad[0].mean(dim=(1, 2))[:, None, None] * activation).sum(0)
     size = x.shape[-2:]
     maps = {}
