@@ -25,10 +25,12 @@ def main(cfg: DictConfig) -> float | None:
     from catdog.allocator import reuse_freed_memory
     from catdog.files import write_text
     from catdog.model import summary
+    from catdog.module import set_tf32
     from catdog.weights import newest
 
     started = time.perf_counter()
     reuse_freed_memory()  # before the loader workers fork, so that they inherit it
+    set_tf32(cfg.tf32)  # off: full float32 on a GPU, as Keras computes (PyTorch's default lets cuDNN use TF32)
     run_dir = Path(cfg.trainer.default_root_dir)
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import Compose, InterpolationMode, RandomAffine, RandomHorizontalFlip
@@ -217,6 +218,85 @@ def make_augment(
     return Compose(steps) if steps else None
 
 
+class BatchAffine:
+    """``make_augment``'s augmentation for a whole batch at once, on the batch's device (``data.augment_on``).
+
+    ``sample`` draws each image's parameters from the distributions of ``RandomHorizontalFlip`` and
+    ``RandomAffine.get_params`` (flip with p 0.5; angle in [-rotation, rotation]; shifts rounded to whole pixels,
+    up to ``shift`` of the width and height; scale in [1 - zoom, 1 + zoom]; an x shear in [-shear, shear]) and
+    turns them into the 2x3 matrices that ``torch.nn.functional.affine_grid`` takes (align_corners=False, as
+    torchvision's tensor ``affine``). ``warp`` applies them in one ``affine_grid`` + ``grid_sample`` (bilinear) and
+    blacks out what falls outside the image as ``RandomAffine(fill=0)`` does on a tensor (the bilinear weight of
+    the inside, a mask torchvision gets from an extra channel, computed here from the grid).
+    """
+
+    def __init__(
+        self, hflip: bool = False, rotation: float = 0, shift: float = 0, zoom: float = 0, shear: float = 0
+    ) -> None:
+        self.hflip, self.rotation, self.shift, self.zoom, self.shear = bool(hflip), rotation, shift, zoom, shear
+        self.affine = bool(rotation or shift or zoom or shear)
+
+    def parameters(self, n: int, size: tuple[int, int], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """``n`` images' random parameters (float64 on the CPU): flip (0 or 1), angle and shear (degrees), tx and
+        ty (whole pixels), scale; as ``RandomHorizontalFlip`` + ``RandomAffine.get_params`` draw them."""
+        h, w = size
+        u = torch.rand(6, n, generator=generator, dtype=torch.float64)
+
+        def symmetric(row: int, bound: float) -> torch.Tensor:  # uniform in [-bound, bound]
+            return (2 * u[row] - 1) * bound
+
+        return {
+            "flip": (u[0] < 0.5).double() if self.hflip else torch.zeros(n, dtype=torch.float64),
+            "angle": symmetric(1, self.rotation),
+            "tx": torch.round(symmetric(2, self.shift * w)),  # round half to even, as Python's round
+            "ty": torch.round(symmetric(3, self.shift * h)),
+            "scale": 1 + symmetric(4, self.zoom),
+            "shear": symmetric(5, self.shear),
+        }
+
+    @staticmethod
+    def theta(params: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """(n, 2, 3) float32 matrices for ``affine_grid(align_corners=False)``: for each output pixel, where to
+        sample the input. torchvision's inverse affine matrix (``_get_inverse_affine_matrix``, centre of the image,
+        no y shear) in pixels centred on the image, rescaled to the grid's [-1, 1] coordinates; a flip (which
+        ``make_augment`` applies before the affine) negates the sampled x."""
+        h, w = size
+        rot, sx = torch.deg2rad(params["angle"]), torch.deg2rad(params["shear"])
+        a, c = torch.cos(rot), torch.sin(rot)
+        b = -torch.cos(rot) * torch.tan(sx) - torch.sin(rot)
+        d = -torch.sin(rot) * torch.tan(sx) + torch.cos(rot)
+        s, tx, ty = params["scale"], params["tx"], params["ty"]
+        m0, m1, m3, m4 = d / s, -b / s, -c / s, a / s
+        m2, m5 = -(m0 * tx + m1 * ty), -(m3 * tx + m4 * ty)
+        sign = 1 - 2 * params["flip"]
+        theta = torch.stack(
+            [
+                torch.stack([m0, m1 * h / w, 2 * m2 / w], -1) * sign[:, None],
+                torch.stack([m3 * w / h, m4, 2 * m5 / h], -1),
+            ],
+            1,
+        )
+        return theta.float()
+
+    def sample(self, n: int, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+        """``theta(parameters(...))``: the matrices of ``n`` random draws."""
+        return self.theta(self.parameters(n, size, generator), size)
+
+    def warp(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """``x`` (N, C, H, W) float, each image transformed by its matrix in ``theta`` (N, 2, 3), on x's device."""
+        theta = theta.to(x.device, torch.float32)
+        if not self.affine:  # flips only: exact, no resampling
+            return torch.where(theta[:, :1, :1, None] < 0, x.flip(-1), x)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # the bilinear weight that falls inside the image, per axis: 1 inside, 0 beyond half a pixel out
+        h, w = x.shape[-2:]
+        px = ((grid[..., 0] + 1) * w - 1) / 2
+        py = ((grid[..., 1] + 1) * h - 1) / 2
+        inside = torch.minimum(px + 1, w - px).clamp_(0, 1) * torch.minimum(py + 1, h - py).clamp_(0, 1)
+        return out.mul_(inside[:, None])
+
+
 class EpochShuffle(torch.utils.data.Sampler):
     """A random order that depends only on (seed, epoch): a run resumed from a checkpoint sees the same order
     in its later epochs as an uninterrupted run. Lightning calls ``set_epoch`` before each epoch.
@@ -259,6 +339,30 @@ class SeededSamples(Dataset):
         with torch.random.fork_rng(devices=[]):  # the caller's random stream (num_workers=0) is left as it was
             torch.default_generator.manual_seed(seed)
             return self.dataset[index]
+
+
+class AugmentedIndices(Dataset):
+    """The training images of the cache held on the device, with their augmentation drawn on the host and applied
+    on the device: keys are ``(sample seed, index)`` pairs from ``EpochShuffle(seeded=True)``; each batch is
+    ``CachedIndices``' (indices, labels, bad count) plus the images' affine matrices (``BatchAffine.sample``),
+    drawn from a generator seeded with the batch's first sample seed. That seed depends on (seed, epoch, batch)
+    alone, so a resumed run draws the same augmentation; the matrices travel to the device with the indices and
+    ``CatDogDataModule.on_after_batch_transfer`` warps the gathered images there (training batches only: the
+    validation and test loaders never carry matrices)."""
+
+    def __init__(self, dataset: Dataset, augment: BatchAffine, size: tuple[int, int]) -> None:
+        self.dataset, self.augment, self.size = dataset, augment, size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        return self.dataset[key[1]]  # one image as the folder gives it, not augmented
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
+        index, labels, skipped = self.dataset.__getitems__([i for _, i in keys])
+        generator = torch.Generator().manual_seed(keys[0][0])
+        return index, labels, skipped, self.augment.sample(len(index), self.size, generator)
 
 
 class ResumableLoader(DataLoader):
@@ -321,6 +425,12 @@ class CatDogDataModule(pl.LightningDataModule):
 
     ``val_fraction > 0`` instead carves a validation set out of ``train`` (deterministic for ``split_seed``),
     keeping ``test`` untouched for the final number. ``source`` is prepared into ``root`` when it is missing.
+
+    ``augment_on``: where the training images are augmented. ``workers``: each image in the loader workers
+    (torchvision's transforms on the CPU); ``device``: whole batches where the cache holds the images (a GPU, or
+    the RAM of a CPU run; ``BatchAffine``), which needs ``cache=true`` and the images held there; ``auto``:
+    ``device`` when the cache holds them on a GPU (or ``cache_on_device=true`` holds them anywhere), else
+    ``workers``.
     """
 
     def __init__(
@@ -334,6 +444,7 @@ class CatDogDataModule(pl.LightningDataModule):
         augment: dict | None = None,
         cache: bool = False,
         cache_on_device: bool | str = "auto",
+        augment_on: str = "auto",
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         val_fraction: float = 0.0,
@@ -348,6 +459,15 @@ class CatDogDataModule(pl.LightningDataModule):
         self.preprocess = Preprocess(tuple(image_size), interpolation)
         self.exif_transpose = exif_transpose
         self.augment = make_augment(**augment) if augment else None
+        self.batch_augment = BatchAffine(**augment) if self.augment is not None else None
+        if augment_on not in ("auto", "workers", "device"):
+            raise CatDogError(f"data.augment_on must be auto, workers or device, got {augment_on!r}")
+        if augment_on == "device" and self.augment is not None and (not cache or cache_on_device is False):
+            raise CatDogError(
+                "data.augment_on=device augments the images where the cache holds them: "
+                "set data.cache=true (and data.cache_on_device auto or true), or data.augment_on=workers"
+            )
+        self.augment_on = augment_on
         self.cache = cache
         if cache_on_device not in (True, False, "auto"):
             raise CatDogError(f"data.cache_on_device must be true, false or auto, got {cache_on_device!r}")
@@ -377,13 +497,19 @@ class CatDogDataModule(pl.LightningDataModule):
         train = self._folder("train", self.augment)
         self.test_set = self._folder("test", None)
         device = self._cache_device(train, self.test_set)
+        if device is None and self.augment is not None and self.augment_on == "device":
+            raise CatDogError(
+                "data.augment_on=device: the cached images are not held on the device (see above); "
+                "set data.augment_on=workers or data.cache_on_device=true"
+            )
         if device is not None:
             pixels = [np.load(folder.cache, mmap_mode="r") for folder in (train, self.test_set)]
             self.pixels = torch.from_numpy(np.concatenate(pixels)).to(device)
+            train.use_cache(train.cache, None)  # the device augments whole batches (AugmentedIndices)
             train, self.test_set = CachedIndices(train, 0), CachedIndices(self.test_set, len(pixels[0]))
         if self.val_fraction > 0:
             val, rest = val_split(len(train), self.val_fraction, self.split_seed)
-            plain = train if self.augment is None else self._folder("train", None)
+            plain = train if self.augment is None or self.pixels is not None else self._folder("train", None)
             self.train_set, self.val_set = Subset(train, rest), Subset(plain, val)
         else:
             self.train_set, self.val_set = train, self.test_set
@@ -398,18 +524,25 @@ class CatDogDataModule(pl.LightningDataModule):
 
     def _cache_device(self, *folders: CatDogImageFolder) -> torch.device | None:
         """Where to hold the cached images: the training device when ``cache_on_device`` is true, or when it is
-        auto, there is no augmentation (it runs in the workers) and they fit in half of the device's free memory
-        (a GPU's, or the RAM a CPU run has); else None (workers read the memory-mapped file). Held, the batches
-        need no loader workers, which on a CPU would take cores from the training step."""
+        auto and they fit in half of the device's free memory (a GPU's, or the RAM a CPU run has); else None
+        (workers read the memory-mapped file). Held, the batches need no loader workers, which on a CPU would take
+        cores from the training step, and augmentation runs there on whole batches. Augmented images are held by
+        auto only on a GPU (on a CPU, augmenting in the training process would make the step wait for it; the
+        workers augment beside it) or with ``augment_on=device``, and never with ``augment_on=workers``."""
         if not self.cache or self.cache_on_device is False:
             return None
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        if self.cache_on_device is True:
-            if self.augment is not None:
-                raise CatDogError("data.cache_on_device=true needs data.augment off (augmentation runs in the workers)")
-            return device
-        if self.augment is not None:
+        if self.augment is not None and self.augment_on == "workers":
+            if self.cache_on_device is True:
+                raise CatDogError(
+                    "data.cache_on_device=true holds the images on the device, where data.augment_on=workers "
+                    "cannot augment them; set data.augment_on=device (or auto)"
+                )
             return None
+        if self.cache_on_device is True:
+            return device
+        if self.augment is not None and self.augment_on == "auto" and device.type != "cuda":
+            return None  # a CPU run: the workers augment beside the training step, not in its way
         size = sum(folder.cache.stat().st_size for folder in folders)
         if size > free_memory(device) / 2:
             print(
@@ -421,11 +554,17 @@ class CatDogDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With the cache on the device, batches arrive as indices: gather and scale their pixels there
-        (NHWC uint8 -> NCHW float in [0, 1], channels_last in memory, as the model wants it)."""
-        if self.pixels is None or len(batch[0]) == 0:
+        (NHWC uint8 -> NCHW float in [0, 1], channels_last in memory, as the model wants it). Training batches
+        with augmentation also carry each image's affine matrix (``AugmentedIndices``): warp them there."""
+        if self.pixels is None:
             return batch
-        index, y, skipped = batch
-        return self.pixels[index].permute(0, 3, 1, 2).float().mul_(1 / 255), y, skipped
+        index, y, skipped, *theta = batch
+        if len(index) == 0:
+            return index, y, skipped
+        x = self.pixels[index].permute(0, 3, 1, 2).float().mul_(1 / 255)
+        if theta:
+            x = self.batch_augment.warp(x, theta[0]).contiguous(memory_format=torch.channels_last)
+        return x, y, skipped
 
     def _folder(self, split: str, augment: Compose | None) -> CatDogImageFolder:
         transform = self.preprocess if augment is None else Compose([self.preprocess, augment])
@@ -438,9 +577,12 @@ class CatDogDataModule(pl.LightningDataModule):
         workers = 0 if self.pixels is not None else self.num_workers  # indices only: no work for workers
         sampler = None
         if shuffle:  # the training loader: resumable, and augmentation seeded per sample when there is one
-            seeded = self.augment is not None and self.pixels is None
+            seeded = self.augment is not None
             sampler = EpochShuffle(len(dataset), self.shuffle_seed, seeded=seeded)
-            dataset = SeededSamples(dataset) if seeded else dataset
+            if seeded and self.pixels is not None:  # augmented on the device, per batch
+                dataset = AugmentedIndices(dataset, self.batch_augment, self.preprocess.size)
+            elif seeded:
+                dataset = SeededSamples(dataset)
         return (ResumableLoader if shuffle else DataLoader)(
             dataset,
             batch_size=self.batch_size,

@@ -206,14 +206,17 @@ def test_cache_on_device_gives_the_same_batches_as_the_workers(image_tree, devic
             assert hx.is_contiguous(memory_format=torch.channels_last)
     assert sum(int(b[2]) for b in _batches(held, held.train_set) + _batches(held, held.val_set)) == 1  # junk.jpg
 
-    with pytest.raises(CatDogError, match="augment"):
-        CatDogDataModule(**settings, cache_on_device=True, augment={"hflip": True}).setup("fit")
+    with pytest.raises(CatDogError, match="augment_on=workers"):
+        CatDogDataModule(**settings, cache_on_device=True, augment={"hflip": True}, augment_on="workers").setup("fit")
+    held_augmented = CatDogDataModule(**settings, cache_on_device=True, augment={"hflip": True})
+    held_augmented.setup("fit")
+    assert held_augmented.pixels is not None  # augmented there, whole batches at once (tests/test_gpu_path.py)
     cpu_auto = CatDogDataModule(**settings)
     cpu_auto.setup("fit")
     assert cpu_auto.pixels is not None and cpu_auto.pixels.device.type == "cpu"  # auto: RAM has room
     augmented = CatDogDataModule(**settings, augment={"hflip": True})
     augmented.setup("fit")
-    assert augmented.pixels is None  # auto leaves augmented images to the workers
+    assert augmented.pixels is None  # auto on a CPU leaves augmented images to the workers (on a GPU: held)
 
 
 def test_cache_on_device_auto_needs_room(image_tree, monkeypatch, capsys):
