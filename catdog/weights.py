@@ -95,7 +95,8 @@ def load_weights(spec: str | os.PathLike = "latest") -> Weights:
             return read_checkpoint(found)
         if PRETRAINED.is_file():
             weights = read_safetensors(PRETRAINED, label="pretrained")
-            weights.source = f"pretrained (no trained run under {' or '.join(RUN_FOLDERS)}/): {PRETRAINED}"
+            folders = " or ".join(f"{s}/" for s in RUN_FOLDERS)
+            weights.source = f"pretrained (no trained run under {folders}): {PRETRAINED}"
             return weights
         raise CatDogError(
             f"ckpt=latest found no checkpoint under {' or '.join(f'{s}/' for s in RUN_FOLDERS)} and no shipped "
