@@ -39,12 +39,13 @@ def main(cfg: DictConfig) -> None:
         return
 
     layers = OmegaConf.to_container(cfg.layers) if OmegaConf.is_list(cfg.layers) else cfg.layers
-    figures = Figures(layers, cfg.per_row, cfg.norm, cfg.channel, cfg.gradcam_layer if cfg.gradcam else None)
-    figures.explorer = cfg.explorer
+    atlas = None
     if cfg.explorer and str(cfg.atlas) != "none":
         from catdog.atlas import explorer_atlas
 
-        figures.atlas = explorer_atlas(model, weights.preprocessing, str(cfg.ckpt), str(cfg.atlas))
+        atlas = explorer_atlas(model, weights.preprocessing, str(cfg.ckpt), str(cfg.atlas))
+    gradcam_layer = cfg.gradcam_layer if cfg.gradcam else None
+    figures = Figures(layers, cfg.per_row, cfg.norm, cfg.channel, gradcam_layer, cfg.explorer, atlas)
     shown, linked, failed = [], [], 0
     for path, sub in zip(paths, unique_dirs(paths), strict=True):
         target = out_dir if len(paths) == 1 else out_dir / sub

@@ -6,7 +6,6 @@ the pages find them; ``patterns=only`` does just that, in seconds, with no pass 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -65,20 +64,6 @@ def collate_indexed(samples: list) -> tuple[torch.Tensor, torch.Tensor, list[int
     x = torch.stack([s[0] for s in good])
     y = torch.stack([s[1] for s in good]).reshape(-1)
     return x, y, [s[2] for s in good], len(samples) - len(good)
-
-
-def forward_threads(setting) -> int:
-    """Threads for the forward passes: ``auto`` takes the cores that other work leaves idle (by the 1-minute load
-    average; at least one, at most torch's default). On a 2-core machine that also trains, two threads wait on
-    each other at every layer and run at half the speed of one."""
-    if setting not in (None, "auto"):
-        return int(setting)
-    cores = torch.get_num_threads()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return cores
-    return max(1, min(cores, round(cores - busy)))
 
 
 def run_folder(spec: str) -> Path | None:
@@ -174,12 +159,9 @@ def main(cfg: DictConfig) -> Path:
     patterns = str(cfg.patterns).lower()
     if patterns not in ("true", "false", "only"):
         raise CatDogError(f"patterns must be true, false or only, got {cfg.patterns!r}")
-    try:
-        threads = forward_threads(cfg.threads)
-    except ValueError as err:
-        raise CatDogError(f"threads must be auto or a number, got {cfg.threads!r}") from err
-    if threads < 1:
-        raise CatDogError(f"threads must be at least 1, got {threads}")
+    threads = torch.get_num_threads() if cfg.threads is None else cfg.threads
+    if not isinstance(threads, int) or threads < 1:
+        raise CatDogError(f"threads must be a whole number of at least 1, got {cfg.threads!r}")
     try:
         device = pick_device(str(cfg.device))
     except ValueError as err:

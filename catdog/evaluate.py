@@ -27,6 +27,7 @@ from catdog import CLASSES, CatDogError
 
 def logits_of(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """The model's logits for a batch (N,); with ``tta`` averaged with those of the mirrored images."""
+    x = x.contiguous(memory_format=torch.channels_last)  # the layout of ``Weights.model(fast=True)``
     logit = model(x)[:, 0]
     return (logit + model(x.flip(3))[:, 0]) / 2 if tta else logit
 
@@ -46,7 +47,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise CatDogError(f"split must be test, train or val, got {cfg.split!r}")
     weights = load_weights(cfg.ckpt)
     device = pick_device(cfg.device)
-    model = weights.model(device)
+    model = weights.model(device, fast=True)
     preprocessing = weights.preprocessing
     folder = Path(cfg.data.root) / ("train" if cfg.split == "val" else cfg.split)
     dataset = image_folder(folder, preprocessing.transform(), preprocessing.exif_transpose)

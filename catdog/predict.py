@@ -86,7 +86,7 @@ def predict(cfg: DictConfig) -> dict:
     reuse_freed_memory()
     paths = image_paths(OmegaConf.to_container(cfg.image) if OmegaConf.is_list(cfg.image) else str(cfg.image))
     weights = load_weights(cfg.ckpt)
-    model = weights.model(pick_device(cfg.device))
+    model = weights.model(pick_device(cfg.device), fast=True)
     print(f"weights: {weights.source}", file=sys.stderr)
     workers = cfg.data.num_workers
     if workers is None:  # no worker processes to start for a handful of pictures

@@ -87,16 +87,6 @@ def test_maps_are_read_before_a_later_in_place_op_changes_them():
     assert atlas["layers"]["2"]["channels"][0]["dead_share"] == 1.0  # after the ReLU and the pool: zeros
 
 
-def test_forward_threads_leave_busy_cores_alone(monkeypatch):
-    from catdog.atlas import forward_threads
-
-    cores = torch.get_num_threads()
-    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 3.0, 0.0, 0.0))  # another job keeps every core busy
-    assert forward_threads("auto") == 1 and forward_threads(None) == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert forward_threads("auto") == cores and forward_threads(3) == 3
-
-
 def test_crops_are_the_input_under_the_strongest_positions_field():
     net = tiny_net()
     images = torch.rand(10, 3, 12, 12, generator=torch.Generator().manual_seed(2))
