@@ -1,13 +1,14 @@
 """Evaluate any checkpoint on any ImageFolder with classes cats and dogs.
 
     python -m catdog.evaluate [ckpt=latest|pretrained|none|PATH] [data.root=data/processed_data] [split=test]
-                              [out_dir=.] [wrong=16] [tta=false] [device=auto]
+                              [out_dir=.] [wrong=16] [tta=false] [precision=32] [device=auto]
 
 Settings: conf/evaluate.yaml, with the data group that training uses (data.root, data.batch_size, ...).
 
 ``split=val`` evaluates the validation set that training carves out of ``train/`` (the checkpoint's
 ``data.val_fraction`` and ``data.split_seed`` unless given), for choosing settings without test/.
 ``tta=true`` also predicts each image mirrored left-right and averages the two logits.
+``precision=bf16-mixed`` runs the network under bfloat16 autocast, as training's ``trainer.precision=bf16-mixed``.
 Prints accuracy, loss and the confusion matrix; writes ``evaluation.json`` and ``most_wrong.png`` (the images
 the model got wrong with the most confidence) to ``out_dir``.
 """
@@ -23,6 +24,15 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from catdog import CLASSES, CatDogError
+
+
+def inference_precision(precision, device: torch.device) -> torch.autocast:
+    """The autocast for a ``precision`` setting: ``32``, exact float32; ``bf16-mixed``, bfloat16 autocast as
+    training's ``trainer.precision=bf16-mixed`` (about twice as fast on CPUs with AVX-512 BF16 or AMX, and on
+    GPUs; probabilities move in the second or third decimal)."""
+    if str(precision) not in ("32", "32-true", "bf16-mixed"):
+        raise CatDogError(f"precision must be 32 or bf16-mixed, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=str(precision) == "bf16-mixed")
 
 
 def logits_of(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
@@ -45,8 +55,9 @@ def evaluate(cfg: DictConfig) -> dict:
     reuse_freed_memory()
     if cfg.split not in ("test", "train", "val"):
         raise CatDogError(f"split must be test, train or val, got {cfg.split!r}")
-    weights = load_weights(cfg.ckpt)
     device = pick_device(cfg.device)
+    autocast = inference_precision(cfg.precision, device)
+    weights = load_weights(cfg.ckpt)
     model = weights.model(device, fast=True)
     preprocessing = weights.preprocessing
     folder = Path(cfg.data.root) / ("train" if cfg.split == "val" else cfg.split)
@@ -65,7 +76,7 @@ def evaluate(cfg: DictConfig) -> dict:
     workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=workers, collate_fn=collate_skipping_bad)
     logits, labels = [], []
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         for x, y, _ in loader:
             if len(x):
                 logits.append(logits_of(model, x.to(device), cfg.tta).float().cpu())
@@ -77,6 +88,7 @@ def evaluate(cfg: DictConfig) -> dict:
     confusion = [[int(((label == t) & (predicted == p)).sum()) for p in (0, 1)] for t in (0, 1)]
     result = {
         "checkpoint": weights.source,
+        "precision": str(cfg.precision),
         "data": str(folder) + note,
         "images": len(label),
         "tta": cfg.tta,

@@ -1,7 +1,7 @@
 """Classify pictures: the label and the probability of "dog" for each, printed and written as CSV.
 
     python -m catdog.predict image=PATH|FOLDER|[a.jpg,b.jpg] [ckpt=latest|pretrained|none|PATH] [tta=false]
-                             [out=predictions.csv] [device=auto] [quiet=false]
+                             [precision=32] [out=predictions.csv] [device=auto] [quiet=false]
 
 Settings: conf/predict.yaml (data.batch_size and data.num_workers set the loader). A folder is streamed through a
 DataLoader with workers and each row is written as soon as its batch is done, so memory does not grow with the
@@ -48,10 +48,16 @@ def _collate(items: list) -> tuple[torch.Tensor, list[int], list[tuple[int, str]
 
 
 def predict_rows(
-    model: torch.nn.Module, paths: list[Path], preprocessing: Preprocessing, batch_size: int, workers: int, tta: bool
+    model: torch.nn.Module,
+    paths: list[Path],
+    preprocessing: Preprocessing,
+    batch_size: int,
+    workers: int,
+    tta: bool,
+    precision: str = "32",
 ) -> Iterator[dict]:
     """One row per path, in order: ``path, label, p_dog`` or ``path, error``; batches on the model's device."""
-    from catdog.evaluate import logits_of
+    from catdog.evaluate import inference_precision, logits_of
     from catdog.model import describe
 
     device = next(model.parameters()).device
@@ -62,7 +68,7 @@ def predict_rows(
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
-    with torch.no_grad():
+    with torch.no_grad(), inference_precision(precision, device):
         for x, indices, failed in loader:
             rows = {i: {"path": str(paths[i]), "label": "", "p_dog": "", "error": e} for i, e in failed}
             if len(x):
@@ -78,6 +84,7 @@ def predict(cfg: DictConfig) -> dict:
     """Write ``cfg.out`` (atomically: a temporary file renamed at the end); returns counts per label."""
     from catdog.allocator import reuse_freed_memory
     from catdog.data import default_workers
+    from catdog.evaluate import inference_precision
     from catdog.files import atomic_write
     from catdog.model import pick_device
     from catdog.preprocess import image_paths
@@ -85,19 +92,22 @@ def predict(cfg: DictConfig) -> dict:
 
     reuse_freed_memory()
     paths = image_paths(OmegaConf.to_container(cfg.image) if OmegaConf.is_list(cfg.image) else str(cfg.image))
+    device = pick_device(cfg.device)
+    inference_precision(cfg.precision, device)  # a bad setting stops here, before the work
     weights = load_weights(cfg.ckpt)
-    model = weights.model(pick_device(cfg.device), fast=True)
+    model = weights.model(device, fast=True)
     print(f"weights: {weights.source}", file=sys.stderr)
     workers = cfg.data.num_workers
     if workers is None:  # no worker processes to start for a handful of pictures
         workers = default_workers() if len(paths) > cfg.data.batch_size else 0
     counts = {"cat": 0, "dog": 0, "error": 0}
+    batch = cfg.data.batch_size
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
-            for row in predict_rows(model, paths, weights.preprocessing, cfg.data.batch_size, workers, cfg.tta):
+            for row in predict_rows(model, paths, weights.preprocessing, batch, workers, cfg.tta, cfg.precision):
                 writer.writerow(row)
                 counts[row["label"] or "error"] += 1
                 if not cfg.quiet:

@@ -43,7 +43,7 @@ def test_evaluate_errors_are_one_line(tmp_path, image_tree, capsys):
     assert len(err) == 3 and all(line.startswith("error:") for line in err)
 
 
-def test_tta_averages_the_logits_of_the_image_and_its_mirror(tmp_path, image_tree):
+def test_tta_and_bf16_precision(tmp_path, image_tree):
     from catdog.data import image_folder
     from catdog.preprocess import Preprocess
 
@@ -51,11 +51,13 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror(tmp_path, image_tre
     model = CatDogCNN()
     ckpt = save_checkpoint(model, tmp_path / "random.ckpt")
     losses = {}
-    for tta in (False, True):
+    for tta, precision in ((False, "32"), (True, "32"), ("bf16", "bf16-mixed")):
         out = tmp_path / f"tta{tta}"
-        args = [f"ckpt={ckpt}", f"data.root={image_tree}", f"out_dir={out}", "data.num_workers=0", f"tta={tta}"]
-        assert main(args) == 0
-        losses[tta] = json.loads((out / "evaluation.json").read_text())["loss"]
+        args = [f"ckpt={ckpt}", f"data.root={image_tree}", f"out_dir={out}", "data.num_workers=0"]
+        assert main([*args, f"tta={tta is True}", f"precision={precision}"]) == 0
+        result = json.loads((out / "evaluation.json").read_text())
+        losses[tta] = result["loss"]
+        assert result["precision"] == precision
 
     folder = image_folder(image_tree / "test", Preprocess())
     x = torch.stack([folder[i][0] for i in range(len(folder))])
@@ -66,6 +68,7 @@ def test_tta_averages_the_logits_of_the_image_and_its_mirror(tmp_path, image_tre
     assert abs(losses[False] - float(bce(plain, y))) < 1e-5
     assert abs(losses[True] - float(bce((plain + mirrored) / 2, y))) < 1e-5
     assert abs(losses[True] - losses[False]) > 1e-4  # the mirror changes the logits of a random model
+    assert 0 < abs(losses["bf16"] - losses[False]) < 1e-2  # bfloat16 autocast ran, close to float32
 
 
 def test_split_val_is_the_validation_set_training_carves_out(tmp_path, image_tree):

@@ -60,15 +60,21 @@ def test_files_a_list_tta_and_one_line_errors(tmp_path, capsys):
         expected = torch.sigmoid((model(x) + model(x.flip(3))) / 2)[:, 0]
     assert [float(r["p_dog"]) for r in rows(out)] == pytest.approx(expected.tolist(), abs=1e-6)
     assert capsys.readouterr().out == ""
+    bf16 = tmp_path / "bf16.csv"
+    assert main([f"image=[{a},{b}]", "ckpt=none", f"out={bf16}", "tta=true", "quiet=true", "precision=bf16-mixed"]) == 0
+    in_bf16 = [float(r["p_dog"]) for r in rows(bf16)]
+    assert in_bf16 == pytest.approx(expected.tolist(), abs=2e-2)
+    assert in_bf16 != pytest.approx(expected.tolist(), abs=1e-5)  # bfloat16 did run
 
     assert main([f"image={tmp_path / 'nothing.jpg'}", "ckpt=none", f"out={out}"]) == 2
+    assert main([f"image={a}", "ckpt=none", f"out={out}", "precision=16"]) == 2
     assert main(["ckpt=none"]) == 2  # image is required
     assert main([f"image={a}", "ckpt=none", "device=tpu"]) == 2
     if not torch.cuda.is_available():
         assert main([f"image={a}", "ckpt=none", "device=cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in err if line.startswith("error:")]
-    assert len(errors) == (4 if not torch.cuda.is_available() else 3) and "Traceback" not in "".join(err)
+    assert len(errors) == (5 if not torch.cuda.is_available() else 4) and "Traceback" not in "".join(err)
     assert len(rows(out)) == 2  # a failed run leaves the earlier file as it was
 
 
