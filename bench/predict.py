@@ -1,6 +1,7 @@
 """``python -m catdog.predict`` over a folder of JPEGs against the seed's ``model.predict`` over
 ``flow_from_directory`` of the same folder, each timed as a whole process (imports included), in one run; and
-catdog's peak memory over the folder and over one five times larger (the same files, linked again).
+catdog's peak memory over the folder and over one five times larger (the same files, linked again); catdog in float32
+and with precision=bf16-mixed.
 
     python bench/predict.py --images /path/to/kaggle/train [--n 2500] [--keras-python .venv-keras/bin/python]
 """
@@ -55,6 +56,7 @@ def main() -> None:
         large = link_images(args.images, Path(tmp) / "large", args.n, copies=5)
         ours = [sys.executable, "-m", "catdog.predict", f"ckpt={args.ckpt}", "quiet=true"]
         seconds, rss = timed([*ours, f"image={folder}", f"out={Path(tmp) / 'p.csv'}"])
+        bf16_seconds, _ = timed([*ours, f"image={folder}", f"out={Path(tmp) / 'b.csv'}", "precision=bf16-mixed"])
         large_seconds, large_rss = timed([*ours, f"image={large}", f"out={Path(tmp) / 'large.csv'}"])
         keras_seconds = None
         if Path(args.keras_python).exists():
@@ -69,6 +71,8 @@ def main() -> None:
         )
     ratio = f" ({keras_seconds / seconds:.2f}x Keras's speed)" if keras_seconds else ""
     print(f"| python -m catdog.predict, {n} JPEGs, whole process | {seconds:.1f} s ({n / seconds:.0f} img/s){ratio} |")
+    ratio = f" ({keras_seconds / bf16_seconds:.2f}x Keras's speed)" if keras_seconds else ""
+    print(f"| the same, precision=bf16-mixed | {bf16_seconds:.1f} s ({n / bf16_seconds:.0f} img/s){ratio} |")
     print(f"| python -m catdog.predict, {5 * n} JPEGs | {large_seconds:.1f} s ({5 * n / large_seconds:.0f} img/s) |")
     print(f"| peak memory, {n} and {5 * n} images | {rss:.0f} MiB, {large_rss:.0f} MiB (ratio {large_rss / rss:.2f}) |")
 
