@@ -23,12 +23,15 @@ from torchvision.transforms import Compose, InterpolationMode, RandomAffine, Ran
 from catdog import CLASSES, CatDogError
 from catdog.model import INPUT_SIZE
 from catdog.prepare import locked, prepare
-from catdog.preprocess import BAD_IMAGE_ERRORS, IMAGE_EXTENSIONS, Preprocess, load_rgb, resize, to_tensor
-
-
-def default_workers() -> int:
-    """Loader processes: one per core, at most 8 (decode + resize of a 20-image batch is cheap next to a step)."""
-    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+from catdog.preprocess import (
+    BAD_IMAGE_ERRORS,
+    IMAGE_EXTENSIONS,
+    Preprocess,
+    default_workers,
+    load_rgb,
+    resize,
+    to_tensor,
+)
 
 
 def free_memory(device: torch.device) -> int:

@@ -83,11 +83,10 @@ def predict_rows(
 def predict(cfg: DictConfig) -> dict:
     """Write ``cfg.out`` (atomically: a temporary file renamed at the end); returns counts per label."""
     from catdog.allocator import reuse_freed_memory
-    from catdog.data import default_workers
     from catdog.evaluate import inference_precision
     from catdog.files import atomic_write
     from catdog.model import pick_device
-    from catdog.preprocess import image_paths
+    from catdog.preprocess import default_workers, image_paths
     from catdog.weights import load_weights
 
     reuse_freed_memory()

@@ -151,3 +151,8 @@ def image_paths(spec: str | os.PathLike | list) -> list[Path]:
         else:
             raise CatDogError(f"image {item} not found; give image=PATH to a picture, a folder or a list")
     return paths
+
+
+def default_workers() -> int:
+    """Loader processes: one per core, at most 8 (decode + resize of a 20-image batch is cheap next to a step)."""
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
