@@ -82,14 +82,12 @@ def predict_rows(
 
 def predict(cfg: DictConfig) -> dict:
     """Write ``cfg.out`` (atomically: a temporary file renamed at the end); returns counts per label."""
-    from catdog.allocator import reuse_freed_memory
     from catdog.evaluate import inference_precision
     from catdog.files import atomic_write
     from catdog.model import pick_device
     from catdog.preprocess import default_workers, image_paths
     from catdog.weights import load_weights
 
-    reuse_freed_memory()
     paths = image_paths(OmegaConf.to_container(cfg.image) if OmegaConf.is_list(cfg.image) else str(cfg.image))
     device = pick_device(cfg.device)
     inference_precision(cfg.precision, device)  # a bad setting stops here, before the work
