@@ -1,15 +1,16 @@
 """``python -m catdog.predict`` over a folder of JPEGs against the seed's ``model.predict`` over
-``flow_from_directory`` of the same folder, each timed as a whole process (imports included), in one run; and
-catdog's peak memory over the folder and over one five times larger (the same files, linked again); catdog in float32
-and with precision=bf16-mixed.
+``flow_from_directory`` of the same folder, each timed as a whole process (imports included), in one run: the sides
+interleaved, ``--repeat`` times each, medians reported; catdog in float32 and with precision=bf16-mixed; and catdog's
+peak memory over the folder and over one five times larger (the same files, linked again).
 
-    python bench/predict.py --images /path/to/kaggle/train [--n 2500] [--keras-python .venv-keras/bin/python]
+    python bench/predict.py --images /path/to/kaggle/train [--n 2500] [--repeat 3] [--keras-python PYTHON]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,30 +50,42 @@ def main() -> None:
     parser.add_argument("--images", type=Path, required=True, help="a folder of JPEGs (e.g. Kaggle's train/)")
     parser.add_argument("--n", type=int, default=2500)
     parser.add_argument("--ckpt", default="pretrained")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each side, interleaved; medians reported")
     parser.add_argument("--keras-python", default=str(REPO / ".venv-keras" / "bin" / "python"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = link_images(args.images, Path(tmp) / "flow" / "unlabelled", args.n)
         large = link_images(args.images, Path(tmp) / "large", args.n, copies=5)
-        ours = [sys.executable, "-m", "catdog.predict", f"ckpt={args.ckpt}", "quiet=true"]
-        seconds, rss = timed([*ours, f"image={folder}", f"out={Path(tmp) / 'p.csv'}"])
-        bf16_seconds, _ = timed([*ours, f"image={folder}", f"out={Path(tmp) / 'b.csv'}", "precision=bf16-mixed"])
-        large_seconds, large_rss = timed([*ours, f"image={large}", f"out={Path(tmp) / 'large.csv'}"])
-        keras_seconds = None
+        ours = [sys.executable, "-m", "catdog.predict", f"ckpt={args.ckpt}", "quiet=true", f"out={Path(tmp) / 'p.csv'}"]
+        commands = {"float32": [*ours, f"image={folder}"], "bf16": [*ours, f"image={folder}", "precision=bf16-mixed"]}
         if Path(args.keras_python).exists():
             peer = [args.keras_python, str(REPO / "bench" / "keras_peer.py"), "predict", "--folder", str(folder.parent)]
-            keras_seconds, _ = timed(peer)
+            commands["keras"] = peer
+        seconds = {name: [] for name in commands}
+        rss = 0.0
+        for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits every side alike
+            for name, command in commands.items():
+                wall, peak = timed(command)
+                seconds[name].append(wall)
+                rss = max(rss, peak) if name == "float32" else rss
+        large_seconds, large_rss = timed([*ours, f"image={large}"])
     n = args.n
+    median = {name: statistics.median(times) for name, times in seconds.items()}
+    spread = {name: f"{min(times):.1f}-{max(times):.1f}" for name, times in seconds.items()}
+    print(f"medians of {args.repeat} interleaved runs (range in brackets)\n")
     print("| measurement | result |\n|---|---|")
-    if keras_seconds is not None:
+    keras = median.get("keras")
+    if keras is not None:
         print(
             f"| Keras seed: model.predict over flow_from_directory, {n} JPEGs, whole process | "
-            f"{keras_seconds:.1f} s ({n / keras_seconds:.0f} img/s) |"
+            f"{keras:.1f} s [{spread['keras']}] ({n / keras:.0f} img/s) |"
         )
-    ratio = f" ({keras_seconds / seconds:.2f}x Keras's speed)" if keras_seconds else ""
-    print(f"| python -m catdog.predict, {n} JPEGs, whole process | {seconds:.1f} s ({n / seconds:.0f} img/s){ratio} |")
-    ratio = f" ({keras_seconds / bf16_seconds:.2f}x Keras's speed)" if keras_seconds else ""
-    print(f"| the same, precision=bf16-mixed | {bf16_seconds:.1f} s ({n / bf16_seconds:.0f} img/s){ratio} |")
+    for name, label in (
+        ("float32", f"python -m catdog.predict, {n} JPEGs, whole process"),
+        ("bf16", "the same, precision=bf16-mixed"),
+    ):
+        ratio = f"; {keras / median[name]:.2f}x Keras's speed" if keras else ""
+        print(f"| {label} | {median[name]:.1f} s [{spread[name]}] ({n / median[name]:.0f} img/s{ratio}) |")
     print(f"| python -m catdog.predict, {5 * n} JPEGs | {large_seconds:.1f} s ({5 * n / large_seconds:.0f} img/s) |")
     print(f"| peak memory, {n} and {5 * n} images | {rss:.0f} MiB, {large_rss:.0f} MiB (ratio {large_rss / rss:.2f}) |")
 

@@ -8,7 +8,8 @@ Settings: conf/evaluate.yaml, with the data group that training uses (data.root,
 ``split=val`` evaluates the validation set that training carves out of ``train/`` (the checkpoint's
 ``data.val_fraction`` and ``data.split_seed`` unless given), for choosing settings without test/.
 ``tta=true`` also predicts each image mirrored left-right and averages the two logits.
-``precision=bf16-mixed`` runs the network under bfloat16 autocast, as training's ``trainer.precision=bf16-mixed``.
+``precision=bf16-mixed`` runs the network in bfloat16, as training's ``trainer.precision=bf16-mixed``. Files that
+do not decode are counted (``unreadable``) and left out. Scoring is ``catdog.scoring``'s, as predict's.
 Prints accuracy, loss and the confusion matrix; writes ``evaluation.json`` and ``most_wrong.png`` (the images
 the model got wrong with the most confidence) to ``out_dir``.
 """
@@ -26,43 +27,23 @@ from omegaconf import DictConfig
 from catdog import CLASSES, CatDogError
 
 
-def inference_precision(precision, device: torch.device) -> torch.autocast:
-    """The autocast for a ``precision`` setting: ``32``, exact float32; ``bf16-mixed``, bfloat16 autocast as
-    training's ``trainer.precision=bf16-mixed`` (about twice as fast on CPUs with AVX-512 BF16 or AMX, and on
-    GPUs; probabilities move in the second or third decimal)."""
-    if str(precision) not in ("32", "32-true", "bf16-mixed"):
-        raise CatDogError(f"precision must be 32 or bf16-mixed, got {precision!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=str(precision) == "bf16-mixed")
-
-
-def logits_of(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """The model's logits for a batch (N,); with ``tta`` averaged with those of the mirrored images."""
-    x = x.contiguous(memory_format=torch.channels_last)  # the layout of ``Weights.model(fast=True)``
-    logit = model(x)[:, 0]
-    return (logit + model(x.flip(3))[:, 0]) / 2 if tta else logit
-
-
 def evaluate(cfg: DictConfig) -> dict:
-    from torch.utils.data import DataLoader, Subset
-
-    from catdog.allocator import reuse_freed_memory
-    from catdog.data import collate_skipping_bad, default_workers, image_folder, val_split
+    from catdog.data import default_workers, image_folder, val_split
     from catdog.files import write_text
     from catdog.model import pick_device
+    from catdog.scoring import check_precision, score_files
     from catdog.views.plots import below, beside, save_png, with_title
     from catdog.weights import load_weights
 
-    reuse_freed_memory()
     if cfg.split not in ("test", "train", "val"):
         raise CatDogError(f"split must be test, train or val, got {cfg.split!r}")
     device = pick_device(cfg.device)
-    autocast = inference_precision(cfg.precision, device)
+    check_precision(cfg.precision)
     weights = load_weights(cfg.ckpt)
     model = weights.model(device, fast=True)
     preprocessing = weights.preprocessing
     folder = Path(cfg.data.root) / ("train" if cfg.split == "val" else cfg.split)
-    dataset = image_folder(folder, preprocessing.transform(), preprocessing.exif_transpose)
-    samples = dataset.samples
+    samples = image_folder(folder, preprocessing.transform(), preprocessing.exif_transpose).samples
     note = ""
     if cfg.split == "val":  # the checkpoint's own split unless the command line sets one
         trained = weights.metadata.get("data") or {}
@@ -70,20 +51,21 @@ def evaluate(cfg: DictConfig) -> dict:
         seed = cfg.data.split_seed if cfg.data.val_fraction else trained.get("split_seed", cfg.data.split_seed)
         if not 0 < fraction < 1:
             raise CatDogError(f"split=val needs 0 < data.val_fraction < 1, got {fraction}")
-        indices = val_split(len(dataset), fraction, seed)[0]
-        dataset, samples = Subset(dataset, indices), [samples[i] for i in indices]
+        samples = [samples[i] for i in val_split(len(samples), fraction, seed)[0]]
         note = f" (val: {fraction:g}, split_seed {seed})"
     workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=workers, collate_fn=collate_skipping_bad)
-    logits, labels = [], []
-    with torch.no_grad(), autocast:
-        for x, y, _ in loader:
-            if len(x):
-                logits.append(logits_of(model, x.to(device), cfg.tta).float().cpu())
-                labels.append(y[:, 0])
-    if not logits:
+    paths = [Path(path) for path, _ in samples]
+    scored, unreadable = [], 0
+    for indices, logits, failed in score_files(
+        model, paths, preprocessing, cfg.data.batch_size, workers, cfg.tta, cfg.precision
+    ):
+        scored += zip(indices, logits, strict=True)
+        unreadable += len(failed)
+    if not scored:
         raise CatDogError(f"no readable images under {folder}")
-    logit, label = torch.cat(logits), torch.cat(labels)
+    samples = [samples[i] for i, _ in scored]  # the files that decoded, in the order of their logits
+    logit = torch.tensor([value for _, value in scored])
+    label = torch.tensor([float(target) for _, target in samples])
     predicted = (logit > 0).float()
     confusion = [[int(((label == t) & (predicted == p)).sum()) for p in (0, 1)] for t in (0, 1)]
     result = {
@@ -91,6 +73,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "precision": str(cfg.precision),
         "data": str(folder) + note,
         "images": len(label),
+        "unreadable": unreadable,
         "tta": cfg.tta,
         "accuracy": float((predicted == label).float().mean()),
         "loss": float(F.binary_cross_entropy_with_logits(logit, label)),
@@ -101,7 +84,7 @@ def evaluate(cfg: DictConfig) -> dict:
     wrong = torch.nonzero(predicted != label)[:, 0]
     order = wrong[torch.argsort((p_dog[wrong] - label[wrong]).abs(), descending=True)][: cfg.wrong].tolist()
     out_dir = Path(cfg.out_dir)
-    if order and len(samples) == len(label):  # in the loader's order; misaligned only if a file failed to decode
+    if order:
         tiles = []
         for i in order:
             true, guess = CLASSES[int(label[i])][:-1], CLASSES[int(predicted[i])][:-1]
@@ -118,7 +101,9 @@ def report(result: dict) -> str:
     (tn, fp), (fn, tp) = result["confusion"]["matrix"]
     return "\n".join(
         [
-            f"{result['data']}: {result['images']} images, checkpoint {result['checkpoint']}",
+            f"{result['data']}: {result['images']} images"
+            + (f" ({result['unreadable']} unreadable, left out)" if result["unreadable"] else "")
+            + f", checkpoint {result['checkpoint']}",
             f"accuracy {100 * result['accuracy']:.2f}%   loss {result['loss']:.4f}"
             + ("   (tta: logits averaged with the mirrored image's)" if result["tta"] else ""),
             "confusion (rows true, columns predicted):",

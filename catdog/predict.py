@@ -11,40 +11,17 @@ folder. A file that cannot be read becomes a row with its error, never a crash.
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset
 
-from catdog import CatDogError
 from catdog.preprocess import Preprocessing
 
 COLUMNS = ("path", "label", "p_dog", "error")
-
-
-class ImageFiles(Dataset):
-    """``(tensor or None, index, error)`` per file: a file that does not decode is reported, not raised."""
-
-    def __init__(self, paths: list[Path], preprocessing: Preprocessing) -> None:
-        self.paths, self.preprocessing = paths, preprocessing
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str]:
-        try:
-            return self.preprocessing(self.paths[index]), index, ""
-        except CatDogError as err:
-            return None, index, str(err)
-
-
-def _collate(items: list) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
-    good = [(x, i) for x, i, _ in items if x is not None]
-    x = torch.stack([x for x, _ in good]) if good else torch.empty(0)
-    return x, [i for _, i in good], [(i, error) for x, i, error in items if x is None]
 
 
 def predict_rows(
@@ -56,41 +33,30 @@ def predict_rows(
     tta: bool,
     precision: str = "32",
 ) -> Iterator[dict]:
-    """One row per path, in order: ``path, label, p_dog`` or ``path, error``; batches on the model's device."""
-    from catdog.evaluate import inference_precision, logits_of
+    """One row per path, in order: ``path, label, p_dog`` or ``path, error`` (``catdog.scoring.score_files``)."""
     from catdog.model import describe
+    from catdog.scoring import score_files
 
-    device = next(model.parameters()).device
-    loader = DataLoader(
-        ImageFiles(paths, preprocessing),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-    )
-    with torch.no_grad(), inference_precision(precision, device):
-        for x, indices, failed in loader:
-            rows = {i: {"path": str(paths[i]), "label": "", "p_dog": "", "error": e} for i, e in failed}
-            if len(x):
-                logits = logits_of(model, x.to(device, non_blocking=True), tta).float().cpu().tolist()
-                for i, logit in zip(indices, logits, strict=True):
-                    label, _ = describe(logit)
-                    p_dog = float(torch.sigmoid(torch.tensor(logit)))
-                    rows[i] = {"path": str(paths[i]), "label": label, "p_dog": f"{p_dog:.6f}", "error": ""}
-            yield from (rows[i] for i in sorted(rows))
+    for indices, logits, failed in score_files(model, paths, preprocessing, batch_size, workers, tta, precision):
+        rows = {i: {"path": str(paths[i]), "label": "", "p_dog": "", "error": e} for i, e in failed}
+        for i, logit in zip(indices, logits, strict=True):
+            label, _ = describe(logit)
+            p_dog = float(torch.sigmoid(torch.tensor(logit)))
+            rows[i] = {"path": str(paths[i]), "label": label, "p_dog": f"{p_dog:.6f}", "error": ""}
+        yield from (rows[i] for i in sorted(rows))
 
 
 def predict(cfg: DictConfig) -> dict:
     """Write ``cfg.out`` (atomically: a temporary file renamed at the end); returns counts per label."""
-    from catdog.evaluate import inference_precision
     from catdog.files import atomic_write
     from catdog.model import pick_device
     from catdog.preprocess import default_workers, image_paths
+    from catdog.scoring import check_precision
     from catdog.weights import load_weights
 
     paths = image_paths(OmegaConf.to_container(cfg.image) if OmegaConf.is_list(cfg.image) else str(cfg.image))
     device = pick_device(cfg.device)
-    inference_precision(cfg.precision, device)  # a bad setting stops here, before the work
+    check_precision(cfg.precision)  # a bad setting stops here, before the work
     weights = load_weights(cfg.ckpt)
     model = weights.model(device, fast=True)
     print(f"weights: {weights.source}", file=sys.stderr)
@@ -123,4 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # every file is written and closed: skip the interpreter's teardown of torch (about 0.5 s)

@@ -24,14 +24,17 @@ def always_dog(path):
 def test_evaluate_a_checkpoint_on_an_image_folder(tmp_path, image_tree, capsys):
     # a hand-made checkpoint that always says "dog": every cat is wrong, every dog right
     ckpt = always_dog(tmp_path / "dog.ckpt")
+    (image_tree / "test" / "cats" / "cat.0.jpg").write_bytes(b"not a picture")  # the first file
 
     assert main([f"ckpt={ckpt}", f"data.root={image_tree}", f"out_dir={tmp_path / 'eval'}", "data.num_workers=0"]) == 0
     out = capsys.readouterr().out
-    assert "accuracy 50.00%" in out and "cats      0      8" in out and "dogs      0      8" in out
+    assert "accuracy 53.33%" in out and "cats      0      7" in out and "dogs      0      8" in out
+    assert "15 images (1 unreadable, left out)" in out
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert result["images"] == 16 and result["confusion"]["matrix"] == [[0, 8], [0, 8]]
-    assert abs(result["loss"] - 0.5 * (3.0486 + 0.0486)) < 1e-3  # BCE of logit 3 for a cat and for a dog
-    assert len(result["most_wrong"]) == 8 and all("/cats/" in p for p in result["most_wrong"])
+    assert result["images"] == 15 and result["unreadable"] == 1 and result["confusion"]["matrix"] == [[0, 7], [0, 8]]
+    assert abs(result["loss"] - (7 * 3.0486 + 8 * 0.0486) / 15) < 1e-3  # BCE of logit 3 for a cat and for a dog
+    assert len(result["most_wrong"]) == 7 and all("/cats/" in p for p in result["most_wrong"])
+    assert str(image_tree / "test" / "cats" / "cat.0.jpg") not in result["most_wrong"]
     assert (tmp_path / "eval" / "most_wrong.png").read_bytes()[:4] == b"\x89PNG"
 
 

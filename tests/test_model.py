@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from numpy.lib.stride_tricks import sliding_window_view
 
 from catdog.hooks import ActivationRecorder
-from catdog.model import CatDogCNN, load_keras_weights, summary
+from catdog.model import CatDogCNN, load_keras_weights, max_pool_nhwc, summary
 
 SEED_SHAPES = {  # the Keras summary, NHWC -> NCHW
     "conv1": (32, 148, 148),
@@ -130,6 +131,22 @@ def test_fast_arrangements_give_the_same_outputs_and_gradients(channels_last):
         plain(x)
     for name, record in reference.records.items():
         torch.testing.assert_close(recorder.records[name], record, rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_scoring_max_pool_is_max_pool2d(dtype):
+    for shape in [(2, 32, 148, 148), (3, 5, 15, 15), (1, 4, 7, 10), (1, 1, 2, 3)]:
+        x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+        x[0, 0, 0, 0] = float("nan")
+        out = max_pool_nhwc(x)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, F.max_pool2d(x, 2), rtol=0, atol=0, equal_nan=True)
+    pool = CatDogCNN(relu_after_pool=True).pool1  # with the ReLU of the conv before it
+    x = torch.randn(2, 3, 9, 9).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[0, 0, :4, :4] = -x[0, 0, :4, :4].abs()  # windows of negative values only
+    x[0, 1, :2, :2] = 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(pool(x), F.relu(F.max_pool2d(x, 2)), rtol=0, atol=0)
 
 
 def test_dropout_and_schedule_options():

@@ -111,8 +111,8 @@ def test_the_network_follows_the_image_size():
 
 
 def test_the_fast_arrangement_scores_as_the_plain_network_and_records_the_same_layers():
-    from catdog.evaluate import logits_of
     from catdog.hooks import ActivationRecorder
+    from catdog.scoring import logits_of
 
     weights = random_weights()
     plain, fast = weights.model(), weights.model(fast=True)

@@ -1,0 +1,98 @@
+"""Scoring many pictures: the one path that ``catdog.predict`` and ``catdog.evaluate`` share.
+
+Files go through a DataLoader in batches. On the CPU each worker process decodes *and* scores whole batches on one
+thread: independent batches keep every core busy, where one process would wait between layers for its threads
+(``bench/predict.py``). On a GPU the workers decode and the model runs in the main process. A file that does not
+decode is reported with its index and error, never raised.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from catdog import CatDogError
+from catdog.preprocess import Preprocessing
+
+PRECISIONS = ("32", "32-true", "bf16-mixed")
+
+
+def check_precision(precision) -> str:
+    """``32``: exact float32; ``bf16-mixed``: bfloat16, as training's ``trainer.precision=bf16-mixed`` (about twice
+    as fast on CPUs with AVX-512 BF16 or AMX, and on GPUs; probabilities move in the second or third decimal)."""
+    if str(precision) not in PRECISIONS:
+        raise CatDogError(f"precision must be 32 or bf16-mixed, got {precision!r}")
+    return str(precision)
+
+
+def logits_of(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """The model's logits for a batch (N,); with ``tta`` averaged with those of the mirrored images."""
+    x = x.contiguous(memory_format=torch.channels_last)  # the layout of ``Weights.model(fast=True)``
+    logit = model(x)[:, 0]
+    return (logit + model(x.flip(3))[:, 0]) / 2 if tta else logit
+
+
+class Scorer:
+    """Float32 logits, on the CPU, of a batch of (N, H, W, 3) uint8 pictures; picklable for worker processes.
+
+    ``bf16-mixed`` scores a bfloat16 copy of the network: the same numbers as bfloat16 autocast of the float32
+    network (convolutions and dense layers in bfloat16, pooling on their bfloat16 outputs), without casting the
+    weights again for every batch."""
+
+    def __init__(self, model: torch.nn.Module, tta: bool = False, precision: str = "32") -> None:
+        self.dtype = torch.bfloat16 if check_precision(precision) == "bf16-mixed" else torch.float32
+        self.model = model if self.dtype == torch.float32 else copy.deepcopy(model).to(self.dtype)
+        self.tta = tta
+
+    def __call__(self, pictures: torch.Tensor) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        x = pictures.to(device, non_blocking=True).permute(0, 3, 1, 2).float().mul_(1 / 255)  # as to_tensor
+        with torch.no_grad():
+            return logits_of(self.model, x.to(self.dtype), self.tta).float().cpu()
+
+
+class Batches(Dataset):
+    """Item ``b``: the ``b``-th run of ``batch_size`` paths, decoded (and scored by ``score`` when given) in the
+    process that loads it: ``(pictures (N, H, W, 3) uint8 or logits, indices of the good files, [(index, error)])``."""
+
+    def __init__(self, paths: list[Path], preprocessing: Preprocessing, batch_size: int, score: Scorer | None) -> None:
+        self.paths, self.preprocessing, self.batch_size, self.score = paths, preprocessing, batch_size, score
+
+    def __len__(self) -> int:
+        return -(-len(self.paths) // self.batch_size)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
+        pictures, good, failed = [], [], []
+        for i in range(b * self.batch_size, min(len(self.paths), (b + 1) * self.batch_size)):
+            try:
+                pictures.append(np.asarray(self.preprocessing.image(self.paths[i]), dtype=np.uint8))
+                good.append(i)
+            except CatDogError as err:
+                failed.append((i, str(err)))
+        x = torch.from_numpy(np.stack(pictures)) if pictures else torch.empty(0)
+        return (self.score(x) if self.score and good else x), good, failed
+
+
+def score_files(
+    model: torch.nn.Module,
+    paths: list[Path],
+    preprocessing: Preprocessing,
+    batch_size: int,
+    workers: int,
+    tta: bool = False,
+    precision: str = "32",
+) -> Iterator[tuple[list[int], list[float], list[tuple[int, str]]]]:
+    """Per batch, in order: the indices of the files that decoded, their logits, and ``(index, error)`` of the
+    others. ``model``: ``Weights.model(device, fast=True)``."""
+    device = next(model.parameters()).device
+    score = Scorer(model, tta, precision)
+    in_workers = workers > 0 and device.type == "cpu"
+    batches = Batches(paths, preprocessing, batch_size, score if in_workers else None)
+    loader = DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
+    for x, indices, failed in loader:
+        yield indices, (x if in_workers else score(x)).tolist() if indices else [], failed
