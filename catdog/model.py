@@ -61,8 +61,8 @@ class PoolReLU(nn.MaxPool2d):
 
 def max_pool_nhwc(x: torch.Tensor) -> torch.Tensor:
     """2x2 max-pool (stride 2, odd edges dropped) of a channels_last batch as two element-wise maxima: first of
-    neighbouring columns, then of neighbouring rows. The same values as ``F.max_pool2d(x, 2)``; on a CPU it runs
-    2-5x faster than it, which also computes the indices that only a backward pass needs."""
+    neighbouring columns, then of neighbouring rows. The same values as ``F.max_pool2d(x, 2)``; on a CPU up to 2.3x
+    faster than it, which also computes the indices that only a backward pass needs (``docs/benchmarks.md``)."""
     n, c, height, width = x.shape
     h, w = height // 2, width // 2
     rows = x.permute(0, 2, 3, 1)[:, : 2 * h, : 2 * w]  # (N, H, W, C), a view of the same memory

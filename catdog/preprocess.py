@@ -153,6 +153,11 @@ def image_paths(spec: str | os.PathLike | list) -> list[Path]:
     return paths
 
 
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """Loader processes: one per core, at most 8 (decode + resize of a 20-image batch is cheap next to a step)."""
-    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return min(8, cores())

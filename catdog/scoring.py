@@ -1,15 +1,17 @@
 """Scoring many pictures: the one path that ``catdog.predict`` and ``catdog.evaluate`` share.
 
-Files go through a DataLoader in batches. On the CPU each worker process decodes *and* scores whole batches on one
-thread: independent batches keep every core busy, where one process would wait between layers for its threads
-(``bench/predict.py``). On a GPU the workers decode and the model runs in the main process. A file that does not
-decode is reported with its index and error, never raised.
+Files go through a DataLoader in batches. On the CPU each worker process decodes *and* scores whole batches on its
+share of the cores (one thread each when there are as many workers as cores): independent batches keep every core
+busy, where one process would wait between layers for its threads (``bench/predict.py``). On a GPU the workers
+decode and the model runs in the main process. A file that does not decode is reported with its index and error,
+never raised.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from catdog import CatDogError
-from catdog.preprocess import Preprocessing
+from catdog.preprocess import Preprocessing, cores
 
 PRECISIONS = ("32", "32-true", "bf16-mixed")
 
@@ -78,6 +80,11 @@ class Batches(Dataset):
         return (self.score(x) if self.score and good else x), good, failed
 
 
+def share_cores(workers: int, worker_id: int = 0) -> None:
+    """A scoring worker's threads: its share of the cores (DataLoader starts every worker on one thread)."""
+    torch.set_num_threads(max(1, cores() // workers))
+
+
 def score_files(
     model: torch.nn.Module,
     paths: list[Path],
@@ -93,6 +100,9 @@ def score_files(
     score = Scorer(model, tta, precision)
     in_workers = workers > 0 and device.type == "cpu"
     batches = Batches(paths, preprocessing, batch_size, score if in_workers else None)
-    loader = DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
+    share = partial(share_cores, workers) if in_workers else None
+    loader = DataLoader(
+        batches, batch_size=None, num_workers=workers, worker_init_fn=share, pin_memory=device.type == "cuda"
+    )
     for x, indices, failed in loader:
         yield indices, (x if in_workers else score(x)).tolist() if indices else [], failed

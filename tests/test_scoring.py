@@ -3,8 +3,8 @@
 import torch
 
 from catdog.model import CatDogCNN
-from catdog.preprocess import Preprocessing
-from catdog.scoring import Scorer, score_files
+from catdog.preprocess import Preprocessing, cores
+from catdog.scoring import Scorer, score_files, share_cores
 from tests.conftest import jpeg_bytes
 
 
@@ -40,3 +40,14 @@ def test_bf16_scores_as_bfloat16_autocast_of_the_float32_network():
     assert torch.equal(bf16(pictures), autocast)
     assert next(model.parameters()).dtype == torch.float32  # the caller's network is left as it was
     assert not torch.equal(Scorer(model)(pictures), autocast)  # float32 is another computation
+
+
+def test_scoring_workers_share_the_cores():
+    threads = torch.get_num_threads()
+    try:
+        share_cores(1)
+        assert torch.get_num_threads() == cores()
+        share_cores(cores() + 1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
