@@ -35,12 +35,6 @@ class Pixels:
         return torch.from_numpy(np.array(resize(img, self.size, self.interpolation), dtype=np.uint8))
 
 
-def scaled(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1] on ``device``, as ``catdog.preprocess.to_tensor`` scales
-    (times 1/255), in channels-last memory order (a view of the pixels as they come: no reordering copy)."""
-    return pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float().mul_(1 / 255)
-
-
 class IndexedImages(Dataset):
     """A ``CatDogImageFolder`` whose items also carry their index, so a batch knows its files; a file that fails
     to decode is ``None`` (and warned about), as in evaluate."""
@@ -149,6 +143,7 @@ def main(cfg: DictConfig) -> Path:
     from catdog import CatDogError
     from catdog.data import default_workers, image_folder
     from catdog.model import pick_device
+    from catdog.preprocess import scaled
     from catdog.views.atlas import AtlasBuilder, write_atlas
     from catdog.weights import load_weights
 

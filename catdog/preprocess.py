@@ -62,8 +62,15 @@ def resize(img: Image.Image, size: tuple[int, int] = INPUT_SIZE, interpolation: 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 tensor (3, H, W) scaled by 1/255."""
-    array = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().mul_(1 / 255)
+    return scaled(torch.from_numpy(np.array(img, dtype=np.uint8)))
+
+
+def scaled(pixels: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [0, 1] (times 1/255), on ``device`` when given; for a
+    batch, in channels-last memory order (a view of the pixels as they come: no reordering copy)."""
+    if device is not None:
+        pixels = pixels.to(device, non_blocking=True)
+    return pixels.movedim(-1, -3).float().mul_(1 / 255)
 
 
 class Preprocess:

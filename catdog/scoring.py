@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from catdog import CatDogError
-from catdog.preprocess import Preprocessing, cores
+from catdog.preprocess import Preprocessing, cores, scaled
 
 PRECISIONS = ("32", "32-true", "bf16-mixed")
 
@@ -53,9 +53,8 @@ class Scorer:
 
     def __call__(self, pictures: torch.Tensor) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        x = pictures.to(device, non_blocking=True).permute(0, 3, 1, 2).float().mul_(1 / 255)  # as to_tensor
         with torch.no_grad():
-            return logits_of(self.model, x.to(self.dtype), self.tta).float().cpu()
+            return logits_of(self.model, scaled(pictures, device).to(self.dtype), self.tta).float().cpu()
 
 
 class Batches(Dataset):
