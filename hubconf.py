@@ -17,6 +17,7 @@ def catdog_cnn(pretrained: bool = True, device: str = "cpu"):
 
     ``pretrained=False`` gives the untrained network (Keras initialisation).
     """
+    # imported here: torch.hub imports this file first, then checks ``dependencies``, which names what is missing
     from catdog.weights import load_weights
 
     weights = load_weights("pretrained" if pretrained else "none")

@@ -6,7 +6,7 @@
 The images are prepared with ``catdog.prepare`` into a temporary folder, and the training split is repeated
 (hard links) up to ``--train-images``, a multiple of 1,280 so that every batch of 20 or 256 is whole (a last,
 smaller batch would make a compiled network compile again inside the timed steps). Every row is a real
-``train.py`` run with ``data.cache=true`` (so the uint8 images sit on the GPU unless a row says otherwise); img/s
+``train.py`` run with ``data.cache=true`` (so the uint8 images sit on the GPU unless a row sets it false); img/s
 counts the optimizer steps after a warm-up (compilation and CUDA-graph recording included), between two CUDA
 synchronisations, epoch boundaries included.
 
@@ -50,16 +50,16 @@ RUNS = [
     ("batch 20, float32", 20, "fp32", [FP32]),
     ("batch 20, float32, model.compile=reduce-overhead", 20, "fp32", [FP32, "model.compile=reduce-overhead"]),
     (
-        "batch 256, bf16-mixed, experiment=best, augmentation on the device",
+        "batch 256, bf16-mixed, experiment=best, augmentation on the device (data.cache=true)",
         256,
         "bf16",
-        [BF16, *BEST, "data.augment_on=device"],
+        [BF16, *BEST],
     ),
     (
-        "batch 256, bf16-mixed, experiment=best, augmentation in the workers",
+        "batch 256, bf16-mixed, experiment=best, augmentation in the workers (data.cache=false)",
         256,
         "bf16",
-        [BF16, *BEST, "data.augment_on=workers"],
+        [BF16, *BEST, "data.cache=false"],
     ),
     (
         "batch 256, bf16-mixed, model.compile=max-autotune-no-cudagraphs",
@@ -78,7 +78,7 @@ RUNS = [
         "bf16",
         [BF16, "+trainer.benchmark=true"],
     ),
-    ("batch 256, bf16-mixed, cache read by loader workers", 256, "bf16", [BF16, "data.cache_on_device=false"]),
+    ("batch 256, bf16-mixed, files read by loader workers", 256, "bf16", [BF16, "data.cache=false"]),
 ]
 QUICK_BATCH = {256: 16, 20: 4}  # --quick: the same rows at CPU-sized batches
 

@@ -1,6 +1,7 @@
 """catdog's speed against the Keras seed, measured in one run on this machine; prints a Markdown table.
 
     python bench/run.py --images /path/to/kaggle/train [--keras-python .venv-keras/bin/python] [--quick]
+    python bench/run.py --steps-only [--step-batches 20 64] [--quick]   # the training-step rows alone, no images
 
 The Keras peer is optional (its rows are skipped with a note when absent). To create it:
 
@@ -33,27 +34,26 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from catdog.allocator import reuse_freed_memory  # noqa: E402
+from catdog.fast import fast  # noqa: E402
 from catdog.model import CatDogCNN  # noqa: E402
 from catdog.module import KerasRMSprop  # noqa: E402
 
-# (label, channels_last, relu_after_pool, reuse_freed_memory, autocast dtype); each adds to the row before
+# (label, arrangement, reuse_freed_memory, autocast dtype); each adds to the row before. Arrangements: "plain", the
+# network of catdog.model as the seed writes it; "channels_last", the same with its weights and input in NHWC memory;
+# "fast", catdog.fast's arrangement (channels_last and ReLU after max-pool), as train.py runs it by default.
 STEP_VARIANTS = [
-    ("float32, plain (the seed's arrangement, glibc's default malloc)", False, False, False, None),
-    ("float32, + channels_last", True, False, False, None),
-    ("float32, + relu_after_pool (exact)", True, True, False, None),
-    ("float32, + freed memory reused (catdog's default)", True, True, True, None),
-    ("bf16-mixed, + the same", True, True, True, torch.bfloat16),
+    ("float32, plain (the seed's arrangement, glibc's default malloc)", "plain", False, None),
+    ("float32, + channels_last", "channels_last", False, None),
+    ("float32, + ReLU after pool: catdog.fast (exact)", "fast", False, None),
+    ("float32, + freed memory reused (catdog's default)", "fast", True, None),
+    ("bf16-mixed, + the same", "fast", True, torch.bfloat16),
 ]
 DEFAULT = 3  # the row of catdog's default step in STEP_VARIANTS
 
 # the data pipeline's settings: (label, CatDogDataModule arguments)
 PIPELINES = [
     ("JPEG files, default workers", {}),
-    (
-        "data.cache=true data.cache_on_device=false (memory-mapped uint8, workers)",
-        {"cache": True, "cache_on_device": False},
-    ),
-    ("data.cache=true (held in RAM, no workers: the default with the cache)", {"cache": True}),
+    ("data.cache=true (held in RAM, no workers)", {"cache": True}),
 ]
 BF16 = "trainer.precision=bf16-mixed"
 
@@ -75,21 +75,22 @@ def isolated(fn, *args):
         return pool.apply(fn, args)
 
 
-def train_step_rate(batch: int, channels_last: bool, relu_after_pool: bool, reuse: bool, dtype, repeats: int) -> float:
-    """img/s of catdog's training step: forward, BCE-with-logits, backward, Keras RMSprop, zero_grad."""
+def train_step_rate(batch: int, arrangement: str, reuse: bool, dtype, repeats: int) -> float:
+    """img/s of catdog's training step: forward, BCE-with-logits, backward, Keras RMSprop, zero_grad; the network in
+    ``arrangement`` (see ``STEP_VARIANTS``)."""
     if reuse:
         reuse_freed_memory()
     torch.manual_seed(0)
-    model = CatDogCNN(relu_after_pool=relu_after_pool)
-    memory = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory)
-    optimizer = KerasRMSprop(model.parameters())
+    model = CatDogCNN()
+    optimizer = KerasRMSprop(model.parameters())  # the plain model's parameters: fast() trains them
+    memory = torch.contiguous_format if arrangement == "plain" else torch.channels_last
+    network = fast(model) if arrangement == "fast" else model.to(memory_format=memory)
     x = torch.rand(batch, 3, 150, 150).contiguous(memory_format=memory)
     y = torch.randint(0, 2, (batch, 1)).float()
 
     def step() -> None:
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            loss = F.binary_cross_entropy_with_logits(model(x).float(), y)
+            loss = F.binary_cross_entropy_with_logits(network(x).float(), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -161,8 +162,9 @@ def pipeline_rate(folder: Path, batch: int, repeats: int, **settings) -> float:
 def data_wait_fraction(folder: Path, batch: int, **settings) -> float:
     """Share of a training epoch (the second: workers started) spent waiting for the next batch."""
     epoch = loaded(folder, batch, **settings)
-    model = CatDogCNN(relu_after_pool=True).to(memory_format=torch.channels_last)
+    model = CatDogCNN()
     optimizer = KerasRMSprop(model.parameters())
+    network = fast(model)
     for _epoch in range(2):  # the second epoch counts: workers started
         waited, start = 0.0, time.perf_counter()
         batches = epoch()
@@ -173,7 +175,7 @@ def data_wait_fraction(folder: Path, batch: int, **settings) -> float:
             except StopIteration:
                 break
             waited += time.perf_counter() - before
-            F.binary_cross_entropy_with_logits(model(x.contiguous(memory_format=torch.channels_last)), y).backward()
+            F.binary_cross_entropy_with_logits(network(x), y).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return waited / (time.perf_counter() - start)
@@ -250,10 +252,14 @@ def recorder_overhead(repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, required=True, help="a Kaggle-style folder of cat.N.jpg, dog.N.jpg")
+    parser.add_argument("--images", type=Path, help="a Kaggle-style folder of cat.N.jpg, dog.N.jpg")
     parser.add_argument("--keras-python", default=str(REPO / ".venv-keras" / "bin" / "python"))
     parser.add_argument("--quick", action="store_true", help="fewer repeats and images (a smoke run)")
+    parser.add_argument("--steps-only", action="store_true", help="only the training-step rows (no --images needed)")
+    parser.add_argument("--step-batches", type=int, nargs="+", default=[20, 64], help="batch sizes of the step rows")
     args = parser.parse_args()
+    if args.images is None and not args.steps_only:
+        parser.error("--images is required, except with --steps-only")
     reuse_freed_memory()  # as train.py does (the step rows run in their own processes)
     keras = args.keras_python if Path(args.keras_python).exists() else None
     repeats = 3 if args.quick else 10
@@ -269,7 +275,7 @@ def main() -> None:
         f"{'' if keras else '; Keras peer absent: its rows are skipped'}"
     )
     default_step = {}  # batch -> img/s of catdog's default step
-    for batch in (20, 64):
+    for batch in args.step_batches:
         keras_rates, rates = step_rounds(keras, batch, repeats, rounds=2 if args.quick else 3)
         default_step[batch] = statistics.median(rates[DEFAULT])
         if keras_rates:
@@ -282,13 +288,16 @@ def main() -> None:
             if keras_rates:  # the median of each round's ratio: slow drift of the machine's speed cancels out
                 ratio = f" ({statistics.median([o / k for o, k in zip(ours, keras_rates, strict=True)]):.2f}x Keras)"
             row(f"training step, batch {batch}: catdog {label}", f"{statistics.median(ours):.1f} img/s{ratio}")
+    if args.steps_only:
+        print_table(rows)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         tree = sample_tree(args.images, Path(tmp) / "data" / "train", n_images)
         sample_tree(args.images, Path(tmp) / "data" / "test", 20)
         for label, settings in PIPELINES:
             rate = pipeline_rate(tree, 20, 3, **settings)
-            ratio = rate / default_step[20]
+            ratio = rate / default_step.get(20, default_step[args.step_batches[0]])
             row(f"data pipeline, batches of 20: {label}", f"{rate:.0f} img/s ({ratio:.1f}x the step)")
             wait = data_wait_fraction(tree, 20, **settings)
             row(f"share of a training epoch (the 2nd) waiting for data: {label}", f"{100 * wait:.1f}%")
@@ -324,7 +333,10 @@ def main() -> None:
         ratio = f" ({ours_s / keras_s:.2f}x Keras's time)" if keras_s else ""
         row("visualize one image, command to files: python visualize.py", f"{ours_s:.2f} s{ratio}")
     row("ActivationRecorder overhead on a forward pass (batch 1)", f"{100 * recorder_overhead(repeats * 3):.1f}%")
+    print_table(rows)
 
+
+def print_table(rows: list[tuple[str, str]]) -> None:
     print("\n| measurement | result |\n|---|---|")
     for what, value in rows:
         print(f"| {what} | {value} |")

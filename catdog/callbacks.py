@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from catdog.files import atomic_write, write_text
+from catdog.preprocess import Unreadable
 
 CURVE_METRICS = ("train_acc", "val_acc", "train_loss", "val_loss")
 
@@ -23,7 +24,7 @@ class LastCheckpoint(pl.callbacks.Checkpoint):
     """``checkpoints/last.ckpt`` for ``ckpt_path=last``: after every training epoch and, for long epochs, also every
     ``every_n_train_steps`` steps and/or ``every_n_minutes`` minutes, so that a crash or ``kill -9`` loses at most
     that much. A mid-epoch checkpoint holds the loop's and the training loader's position: resumed, the rest of the
-    epoch is replayed exactly (``catdog.data.ResumableLoader``).
+    epoch is replayed exactly (``catdog.data.loading.ResumableLoader``).
 
     Ctrl-C (SIGINT) stops the run at the end of the current training step (of the epoch, on its last step or during
     validation), with ``last.ckpt`` saved there first; a second Ctrl-C stops at once. Lightning then reports
@@ -165,7 +166,8 @@ class ActivationSnapshots(pl.Callback):
         if dataset is None:
             return
         for probe, indices in probe_indices(dataset).items():
-            sample = next((s for s in (dataset[i] for i in indices) if s is not None), None)  # None: bad file
+            samples = (dataset[i] for i in indices)
+            sample = next((s for s in samples if not isinstance(s, Unreadable)), None)  # skip bad files
             if sample is not None:
                 self.probes[probe] = sample[0]
         if trainer.current_epoch == 0:  # not when resuming
@@ -223,8 +225,8 @@ class ActivationSnapshots(pl.Callback):
 
 
 def probe_indices(dataset) -> dict[str, list[int]]:
-    """The indices of the cats (class 0) and of the dogs (1), in order, in a dataset with ``targets`` (an
-    ImageFolder, CachedIndices) or a Subset of one, without decoding."""
+    """The indices of the cats (class 0) and of the dogs (1), in order, in a dataset with ``targets`` (``Pictures``,
+    ``CachedIndices``) or a Subset of one, without decoding."""
     base, order = dataset, None
     if hasattr(dataset, "indices"):  # torch Subset
         base, order = dataset.dataset, list(dataset.indices)

@@ -1,9 +1,10 @@
 """Evaluate any checkpoint on any ImageFolder with classes cats and dogs.
 
-    python -m catdog.evaluate [ckpt=latest|pretrained|none|PATH] [data.root=data/processed_data] [split=test]
-                              [out_dir=.] [wrong=16] [tta=false] [precision=32] [device=auto]
+    catdog-evaluate [ckpt=latest|pretrained|none|PATH] [data.root=data/processed_data] [split=test]
+                    [out_dir=.] [wrong=16] [tta=false] [precision=32] [device=auto]
 
-Settings: conf/evaluate.yaml, with the data group that training uses (data.root, data.batch_size, ...).
+(or ``python -m catdog.evaluate``). Settings: catdog/conf/evaluate.yaml, with the data group that training uses
+(data.root, data.batch_size, ...).
 
 ``split=val`` evaluates the validation set that training carves out of ``train/`` (the checkpoint's
 ``data.val_fraction`` and ``data.split_seed`` unless given), for choosing settings without test/.
@@ -25,15 +26,21 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from catdog import CLASSES, CatDogError
+from catdog.cli import run
+from catdog.files import write_text
+from catdog.model import pick_device
+from catdog.preprocess import default_workers
+from catdog.scoring import check_precision, score_files
+from catdog.views.plots import below, beside, save_png, with_title
+from catdog.weights import load_weights
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    from catdog.data import default_workers, image_folder, val_split
-    from catdog.files import write_text
-    from catdog.model import pick_device
-    from catdog.scoring import check_precision, score_files
-    from catdog.views.plots import below, beside, save_png, with_title
-    from catdog.weights import load_weights
+    """Score every image of the split; print nothing, write ``evaluation.json`` (and ``most_wrong.png``), return
+    what the JSON holds."""
+    # catdog.data imports Lightning, which takes about twice as long to import as torch itself (python -X
+    # importtime): imported here, --help and a mistyped setting do not wait for it
+    from catdog.data import image_folder, val_split
 
     if cfg.split not in ("test", "train", "val"):
         raise CatDogError(f"split must be test, train or val, got {cfg.split!r}")
@@ -43,7 +50,8 @@ def evaluate(cfg: DictConfig) -> dict:
     model = weights.model(device, fast=True)
     preprocessing = weights.preprocessing
     folder = Path(cfg.data.root) / ("train" if cfg.split == "val" else cfg.split)
-    samples = image_folder(folder, preprocessing.transform(), preprocessing.exif_transpose).samples
+    listing = image_folder(folder, preprocessing)
+    samples = list(zip(listing.paths, listing.targets, strict=True))
     note = ""
     if cfg.split == "val":  # the checkpoint's own split unless the command line sets one
         trained = weights.metadata.get("data") or {}
@@ -114,10 +122,16 @@ def report(result: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    from catdog.cli import run_config
+def evaluate_and_report(cfg: DictConfig) -> dict:
+    """The command: evaluate, then print the report."""
+    result = evaluate(cfg)
+    print(report(result))
+    return result
 
-    return run_config("evaluate", lambda cfg: print(report(evaluate(cfg))), argv)
+
+def main(argv: list[str] | None = None) -> int:
+    """``catdog-evaluate``: the command line (default ``sys.argv[1:]``); returns the exit code."""
+    return run("evaluate", evaluate_and_report, argv)
 
 
 if __name__ == "__main__":

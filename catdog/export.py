@@ -1,10 +1,11 @@
 """Export trained weights for use elsewhere: an ONNX model, or a safetensors weights file.
 
-    python -m catdog.export [ckpt=latest|pretrained|none|PATH] [format=onnx|safetensors] [out=catdog.onnx]
-                            [activations=false] [overwrite=false]
+    catdog-export [ckpt=latest|pretrained|none|PATH] [format=onnx|safetensors] [out=catdog.onnx]
+                  [activations=false] [overwrite=false]
 
-Settings: conf/export.yaml. ``ckpt`` is read by ``catdog.weights.load_weights``, so a train.py checkpoint, a
-safetensors file or a Keras ``.keras`` / ``.h5`` file of the seed's model all export the same way.
+(or ``python -m catdog.export``). Settings: catdog/conf/export.yaml. ``ckpt`` is read by
+``catdog.weights.load_weights``, so a train.py checkpoint, a safetensors file or a Keras ``.keras`` / ``.h5`` file of
+the seed's model all export the same way.
 
 ONNX: input ``image``, float32 (N, 3, H, W), RGB in [0, 1] (the preprocessing, stored in the model's metadata,
 says how a picture becomes it); output ``logit`` (N, 1), ``sigmoid(logit)`` being the probability of "dogs";
@@ -23,14 +24,17 @@ import warnings
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from catdog import CatDogError
+from catdog.cli import run
+from catdog.files import atomic_write
 from catdog.hooks import ActivationRecorder
-from catdog.weights import Weights
+from catdog.views.explorer import explorer_data, known_patterns, write_explorer
+from catdog.weights import Weights, load_weights, save_weights
 
-FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors"}
+FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors", "html": ".html"}
 ONNX_FORMAT = "catdog-onnx/1"
 ONNX_OPSET = 17
 ONNX_OPSETS = (9, 20)  # those torch's TorchScript-based exporter writes
@@ -39,8 +43,7 @@ CHECK_TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| accepted for the logit
 
 class WithActivations(nn.Module):
     """The network returning ``(logit, conv1, pool1, ..., pool4)``: the recorded layers' outputs as plain outputs
-    (no hooks, so a tracer sees them), each as the ``ActivationRecorder`` records it (``recorded_activation``
-    applied where a layer defers its ReLU)."""
+    (no hooks, so a tracer sees them), the same tensors the ``ActivationRecorder`` records (a conv's after ReLU)."""
 
     def __init__(self, model: nn.Sequential) -> None:
         super().__init__()
@@ -55,8 +58,7 @@ class WithActivations(nn.Module):
         for name, child in self.model.named_children():
             x = child(x)
             if name in self.recorded:
-                activation = getattr(child, "recorded_activation", None)
-                activations.append(x if activation is None else activation(x))
+                activations.append(x)
         return (x, *activations)
 
 
@@ -112,8 +114,6 @@ def write_onnx(weights: Weights, path: str | os.PathLike, activations: bool = Fa
 
 def export_onnx(weights: Weights, out: str | os.PathLike, activations: bool = False, opset: int = ONNX_OPSET) -> Path:
     """``write_onnx`` to ``out`` atomically (a failed export leaves no partial file); returns ``out``."""
-    from catdog.files import atomic_write
-
     return atomic_write(out, lambda tmp: write_onnx(weights, tmp, activations, opset))
 
 
@@ -138,17 +138,25 @@ def check_onnx(path: str | os.PathLike, weights: Weights, batch: int = 2) -> flo
 def export_safetensors(weights: Weights, out: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write ``weights`` with ``catdog.weights.save_weights``; its metadata also says where they came from, plus
     ``extra`` (e.g. the command that trained them, the commit, the test accuracy)."""
-    from catdog.weights import save_weights
-
     metadata = {**weights.metadata, "exported_from": weights.source, **(extra or {})}
     return save_weights(Weights(weights.state_dict, weights.preprocessing, weights.source, metadata), out)
+
+
+def export_html(weights: Weights, out: Path) -> Path:
+    """The explorer page of ``weights`` (``catdog.views.explorer``): one offline HTML file in which the network runs on
+    any photo or the webcam; with the weights' feature visualisations when they are at hand."""
+    model = weights.model("cpu")
+    data = explorer_data(model, weights.preprocessing, "catdog explorer", weights.source, **known_patterns(model))
+    write_explorer(out, data)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): open it in a browser, drop a photo or start the webcam")
+    return out
 
 
 def output_path(fmt: str, out: str | None, ckpt: str, overwrite: bool) -> Path:
     """The file to write: ``out``, or ``catdog.<format's suffix>``. Refuses a suffix of the other format, the
     checkpoint itself, and an existing file unless ``overwrite``."""
     if fmt not in FORMATS:
-        raise CatDogError(f"format must be {' or '.join(FORMATS)}, got {fmt!r}")
+        raise CatDogError(f"format must be {', '.join(FORMATS)}, got {fmt!r}")
     path = Path(out if out else f"catdog{FORMATS[fmt]}").expanduser()
     other = {suffix: name for name, suffix in FORMATS.items() if name != fmt}
     if path.suffix.lower() in other:
@@ -160,11 +168,8 @@ def output_path(fmt: str, out: str | None, ckpt: str, overwrite: bool) -> Path:
     return path
 
 
-def export(cfg) -> Path:
+def export(cfg: DictConfig) -> Path:
     """The command: load ``cfg.ckpt``, write it in ``cfg.format`` to ``cfg.out``, check it, say what was done."""
-    from catdog.files import atomic_write
-    from catdog.weights import load_weights
-
     for key in ("activations", "check", "overwrite"):
         if not isinstance(cfg[key], bool):
             raise CatDogError(f"{key} must be true or false, got {cfg[key]!r}")
@@ -180,6 +185,8 @@ def export(cfg) -> Path:
         extra = OmegaConf.to_container(cfg.metadata) if cfg.get("metadata") else None
         print(f"wrote {export_safetensors(weights, out, extra)}")
         return out
+    if fmt == "html":
+        return export_html(weights, out)
     difference = None
 
     def write(tmp: str) -> None:
@@ -201,9 +208,8 @@ def export(cfg) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from catdog.cli import run_config
-
-    return run_config("export", export, argv)
+    """``catdog-export``: the command line (default ``sys.argv[1:]``); returns the exit code."""
+    return run("export", export, argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Atomic file writes: a temporary file in the same folder, renamed into place. A run killed mid-write never
-leaves a truncated file under the final name (the previous version, if any, stays whole)."""
+leaves a truncated file under the final name (the previous version, if any, stays whole). And the order of
+numbered names."""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,3 +36,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def natural_key(name: str) -> tuple[str | int, ...]:
+    """Sort key putting numbered names in numeric order: ``2 < 10``, ``job2 < job10`` (a sweep's job folders, the
+    variables ``0, 1, ..., 10`` of a Keras layer). Digits and text alternate, so equal positions compare alike."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name)))

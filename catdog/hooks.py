@@ -15,18 +15,16 @@ class ActivationRecorder:
     """Context manager: while active, every forward pass stores a detached copy of each selected layer's output.
 
     Layers are found by type (``nn.Conv2d`` and ``nn.MaxPool2d``, in forward order) and named by their module
-    names (``conv1``, ``pool1``, ...). A layer that defers its activation for speed declares it as
-    ``recorded_activation``, which is applied to the record, so a record is always what the layer stands for.
-    ``layers`` selects some by name or glob (``["conv*"]``). Records are copies
+    names (``conv1``, ``pool1``, ...): a record is the layer's forward output (a ``ConvReLU``'s is after its ReLU,
+    what the seed plots). ``layers`` selects some by name or glob (``["conv*"]``). Records are copies
     on ``device`` (the CPU by default), so an in-place op later in the network cannot change them and a GPU run
     does not keep them in GPU memory. A later forward pass replaces the records. Every hook handle is removed on
     exit, also when the forward pass raises; with no recorder active the model runs exactly as before.
 
     ``keep_graph=True`` (for Grad-CAM) instead records each layer's live output, on the autograd graph and on the
-    model's device, so that gradients can be taken with respect to it. A layer's ``recorded_activation`` is then
-    applied in the forward pass itself (the hook returns it as the layer's output), so the rest of the network
-    computes from the recorded tensor: exact for an activation that commutes with what follows it, as the ReLU
-    that ``ConvReLU`` defers past its max-pool does (``relu(pool(x)) == pool(relu(x))``, and ReLU is idempotent).
+    model's device, so that gradients can be taken with respect to it.
+
+    Record from the plain network (``catdog.model``): ``catdog.fast``'s arrangement does not call its layers' hooks.
 
         with ActivationRecorder(model) as recorder:
             model(x)
@@ -54,19 +52,12 @@ class ActivationRecorder:
         return [name for name, _ in self.modules]
 
     def _hook(self, name: str):
-        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            activation = getattr(module, "recorded_activation", None)  # a layer that defers its activation
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             if self.keep_graph:
-                live = output if activation is None else activation(output)
-                self.records[name] = live
-                return None if activation is None else live  # the network goes on from the recorded tensor
-            out = output.detach()
-            if activation is not None:
-                out = activation(out)  # a new tensor already: a copy
-                self.records[name] = out if self.device is None else out.to(self.device)
+                self.records[name] = output
             else:
+                out = output.detach()
                 self.records[name] = out.clone() if self.device is None else out.to(self.device, copy=True)
-            return None
 
         return record
 

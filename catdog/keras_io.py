@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from catdog import CatDogError
+from catdog.files import natural_key
 from catdog.model import INPUT_SIZE, CatDogCNN, feature_size, load_keras_weights
 from catdog.preprocess import Preprocessing
-from catdog.weights import Weights
 
 CONV_FILTERS = (32, 64, 128, 128)
 IGNORED = ("InputLayer", "Dropout")  # no weights and no effect at inference
@@ -74,8 +75,9 @@ class KerasLayer:
     arrays: list[np.ndarray]
 
 
-def read_keras(path: str | os.PathLike) -> Weights:
-    """The weights of a Keras file of the seed's model, with the seed's preprocessing; ``source`` is the path.
+def read_keras(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], Preprocessing, dict]:
+    """The state dict of a Keras file of the seed's model, the seed's preprocessing, and what the file says of itself
+    (Keras version, layout): ``catdog.weights.load_weights`` makes them a ``Weights`` whose source is the path.
 
     Raises ``CatDogError`` (one line naming the file, and the layer where it matters) for a file that is not a
     Keras model file, or is one of another architecture."""
@@ -105,7 +107,7 @@ def read_keras(path: str | os.PathLike) -> Weights:
     except ValueError as err:  # the shape checks above should have said it in Keras's terms already
         raise CatDogError(f"{label}: {err}") from err
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Weights(state, Preprocessing(image_size=image_size), source=label, metadata={"keras": info})
+    return state, Preprocessing(image_size=image_size), info
 
 
 # ---- reading the two file layouts -------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def _read_keras_zip(path: Path, label: str) -> tuple[dict, list[KerasLayer], dic
             arrays = []
             if group is not None and "vars" in group:
                 variables = group["vars"]
-                arrays = [np.asarray(variables[k]) for k in sorted(variables, key=_int_key)]
+                arrays = [np.asarray(variables[k]) for k in sorted(variables, key=natural_key)]
             layers.append(KerasLayer(name, kind, layer_config, arrays))
     return config, layers, info
 
@@ -348,6 +350,3 @@ def _storage_key(kind: str, used: dict[str, int]) -> str:
     used[name] = 0
     return name
 
-
-def _int_key(key: str) -> tuple[int, str]:
-    return (int(key), "") if key.isdigit() else (1 << 30, key)

@@ -20,55 +20,11 @@ class ConvReLU(nn.Conv2d):
 
     Being a ``Conv2d`` subclass keeps the parameter names (``conv1.weight``) and lets hooks find it by type;
     a forward hook on it sees the post-ReLU output, which is what the seed plots.
-
-    ``relu_after_pool``: return the pre-ReLU output and let the following ``PoolReLU`` apply the ReLU after
-    pooling. ReLU and max-pooling commute, so the network computes the same outputs and gradients with the
-    element-wise work done on a 4x smaller tensor. ``recorded_activation`` then tells hooks how to get the
-    post-ReLU output that this layer stands for.
     """
 
-    def __init__(self, *args, relu_after_pool: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.relu_after_pool = relu_after_pool
-        self.recorded_activation = F.relu if relu_after_pool else None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)
         # In place is safe: convolution's backward needs its input, not its output.
-        return out if self.relu_after_pool else F.relu(out, inplace=True)
-
-
-class PoolReLU(nn.MaxPool2d):
-    """2x2 max-pool, followed by the ReLU of the conv before it when that conv defers it (``relu_after_pool``)."""
-
-    def __init__(self, relu: bool = False) -> None:
-        super().__init__(2)
-        self.relu = relu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scoring = not torch.is_grad_enabled() and x.device.type == "cpu"
-        if not (scoring and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)):
-            out = super().forward(x)
-        elif self.relu and x.dtype == torch.bfloat16:
-            # Non-negative bfloat16 values order as their bit patterns read as int16, and a window whose largest
-            # int16 is negative holds only negative values: so pooling the integers and then zeroing the negative
-            # ones is max-pool + ReLU, twice as fast (NaN apart, which only a broken network makes).
-            return max_pool_nhwc(x.view(torch.int16)).clamp_min_(0).view(torch.bfloat16)
-        else:
-            out = max_pool_nhwc(x)
-        return F.relu(out, inplace=True) if self.relu else out
-
-
-def max_pool_nhwc(x: torch.Tensor) -> torch.Tensor:
-    """2x2 max-pool (stride 2, odd edges dropped) of a channels_last batch as two element-wise maxima: first of
-    neighbouring columns, then of neighbouring rows. The same values as ``F.max_pool2d(x, 2)``; on a CPU up to 2.3x
-    faster than it, which also computes the indices that only a backward pass needs (``docs/benchmarks.md``)."""
-    n, c, height, width = x.shape
-    h, w = height // 2, width // 2
-    rows = x.permute(0, 2, 3, 1)[:, : 2 * h, : 2 * w]  # (N, H, W, C), a view of the same memory
-    pairs = rows.unflatten(2, (w, 2))
-    cols = torch.maximum(pairs[:, :, :, 0], pairs[:, :, :, 1]).unflatten(1, (h, 2))  # (N, h, 2, w, C)
-    return torch.maximum(cols[:, :, 0], cols[:, :, 1]).permute(0, 3, 1, 2)
+        return F.relu(super().forward(x), inplace=True)
 
 
 class DenseReLU(nn.Linear):
@@ -83,7 +39,7 @@ class CatDogCNN(nn.Sequential):
 
     ``input_size`` (height, width) sets fc1's inputs: 128 x 7 x 7 at the seed's 150 x 150.
     ``dropout > 0`` adds a ``dropout`` layer between flatten and fc1 (the book's regularised model).
-    ``relu_after_pool=True`` is an exact, faster arrangement of the same computation (see ``ConvReLU``).
+    ``catdog.fast.fast(model)`` runs the same computation faster, sharing these parameters.
 
     Input: (N, 3, 150, 150) floats in [0, 1]. Output: the logit, shape (N, 1); ``sigmoid`` of it is the seed's
     output (probability of "dogs"). 3,453,121 parameters, as the Keras summary.
@@ -97,16 +53,14 @@ class CatDogCNN(nn.Sequential):
     def __init__(
         self,
         init: str = "keras",
-        relu_after_pool: bool = False,
         dropout: float = 0.0,
         input_size: tuple[int, int] = INPUT_SIZE,
     ) -> None:
         layers: list[tuple[str, nn.Module]] = []
         channels = [3, 32, 64, 128, 128]
         for i in range(4):
-            conv = ConvReLU(channels[i], channels[i + 1], kernel_size=3, relu_after_pool=relu_after_pool)
-            layers.append((f"conv{i + 1}", conv))
-            layers.append((f"pool{i + 1}", PoolReLU(relu=relu_after_pool)))
+            layers.append((f"conv{i + 1}", ConvReLU(channels[i], channels[i + 1], kernel_size=3)))
+            layers.append((f"pool{i + 1}", nn.MaxPool2d(2)))
         layers.append(("flatten", nn.Flatten()))
         if dropout:  # as the book's second model: dropout before the dense layers
             layers.append(("dropout", nn.Dropout(dropout)))
@@ -133,10 +87,12 @@ def feature_size(input_size: Sequence[int]) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def describe(logit: float) -> tuple[str, float]:
-    """('dog', 0.93): the predicted class and its probability, from the single logit (sigmoid: p(dog))."""
-    p_dog = float(torch.sigmoid(torch.tensor(float(logit))))
-    return ("dog", p_dog) if p_dog >= 0.5 else ("cat", 1 - p_dog)
+def prediction(logit: float | torch.Tensor) -> dict[str, str | float]:
+    """The one record of a prediction, from the network's single logit (sigmoid of it: p(dog)):
+    ``{"label": "dog", "probability": 0.93, "p_dog": 0.93}``, ``probability`` being that of ``label``."""
+    p_dog = float(torch.sigmoid(torch.as_tensor(float(logit))))
+    label, probability = ("dog", p_dog) if p_dog >= 0.5 else ("cat", 1 - p_dog)
+    return {"label": label, "probability": probability, "p_dog": p_dog}
 
 
 def pick_device(spec: str = "auto") -> torch.device:

@@ -12,6 +12,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import Metric
 
 from catdog import CatDogError
+from catdog.fast import FastCatDogCNN
 from catdog.model import INPUT_SIZE, CatDogCNN
 
 
@@ -143,9 +144,13 @@ class CatDogModule(pl.LightningModule):
     by Lightning at the epoch's end, so no step waits for the host to read a metric.
     All arguments are saved as hyper-parameters, so ``CatDogModule.load_from_checkpoint(path)`` needs no config.
 
-    ``compile``: ``torch.compile`` the network for the training, validation and test steps (``true`` or a mode:
-    ``default``, ``reduce-overhead`` (CUDA graphs), ``max-autotune``, ``max-autotune-no-cudagraphs``); ``forward``
-    (predictions, hooks, snapshots) stays eager.
+    ``fast``: the training, validation and test steps call the network through ``catdog.fast`` (ReLU after pooling,
+    channels_last, ...): the same outputs and gradients, faster; the parameters are shared, so checkpoints hold the
+    plain network's. ``compile``: ``torch.compile`` what the steps call (``true`` or a mode: ``default``,
+    ``reduce-overhead`` (CUDA graphs), ``max-autotune``, ``max-autotune-no-cudagraphs``). ``forward`` (predictions,
+    hooks, snapshots) runs the plain network, eagerly, so hooks see what the seed plots.
+    Checkpoints of older versions, whose hyper-parameters hold ``channels_last`` and ``relu_after_pool`` (the two
+    halves of ``fast``), load as they are: Lightning passes ``__init__`` only the arguments it takes.
     """
 
     CHECK_EVERY = 50  # steps between reads of the non-finite-loss watch (each read waits for the device)
@@ -157,8 +162,7 @@ class CatDogModule(pl.LightningModule):
         eps: float = 1e-7,
         weight_decay: float = 0.0,
         init: str = "keras",
-        channels_last: bool = False,
-        relu_after_pool: bool = False,
+        fast: bool = True,
         dropout: float = 0.0,
         lr_schedule: str | None = None,
         ema_decay: float = 0.0,
@@ -175,13 +179,11 @@ class CatDogModule(pl.LightningModule):
             )
         try:
             start = "keras" if init not in ("keras", "torch") else init
-            self.model = CatDogCNN(start, relu_after_pool, dropout, tuple(input_size))
+            self.model = CatDogCNN(start, dropout, tuple(input_size))
         except ValueError as err:
             raise CatDogError(f"data.image_size: {err}") from err
         if init not in ("keras", "torch"):  # pretrained, latest or a weights file: fine-tune from those weights
             self._start_from(init)
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
         # an exponential moving average of the weights: validated, tested and shipped in their place
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
         # per stage: the epoch's loss, accuracy and undecodable files, summed on the device; keyed by logged name
@@ -195,10 +197,14 @@ class CatDogModule(pl.LightningModule):
         self._recent: torch.Tensor | None = None  # the losses of the steps since the last non-finite check ...
         self._recent_steps: list[int] = []  # ... and their global steps
         self.dropout_seed = torch.initial_seed()  # seed= sets it (drawing nothing); saved in checkpoints
-        # the compiled network shares self.model's parameters; kept out of the module tree (and state_dict)
-        self.__dict__["_compiled"] = None
+        # What the steps call for each network (the weights and their moving average): its fast arrangement, sharing
+        # its parameters, and compiled if asked. Kept out of the module tree, so state_dict holds each weight once.
+        nets = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        self.__dict__["_runners"] = {net: FastCatDogCNN(net) if fast else net for net in nets}
+        self.__dict__["_compiled"] = None  # the moving average is evaluated uncompiled: it runs once an epoch
         if compile:
-            self.__dict__["_compiled"] = torch.compile(self.model, mode=None if compile is True else compile)
+            runner = self.__dict__["_runners"][self.model]
+            self.__dict__["_compiled"] = torch.compile(runner, mode=None if compile is True else compile)
 
     def _start_from(self, spec: str) -> None:
         from catdog.weights import load_weights
@@ -215,8 +221,6 @@ class CatDogModule(pl.LightningModule):
         print(f"model.init={spec}: starting from {weights.source}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         return self.inference_model(x)
 
     @property
@@ -225,13 +229,12 @@ class CatDogModule(pl.LightningModule):
         return self.ema.module if self.ema is not None and not self.training else self.model
 
     def network(self, x: torch.Tensor) -> torch.Tensor:
-        """The logits of the training, validation and test steps: ``forward``, through the compiled network when
-        ``compile`` is set (and the weights' moving average is not the one evaluating)."""
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        """The logits of the training, validation and test steps: ``forward``'s, computed by the fast arrangement of
+        the network (``fast``), compiled when ``compile`` is set (and the weights' moving average is not the one
+        evaluating)."""
         net = self.inference_model
         compiled = self.__dict__["_compiled"]
-        return compiled(x) if compiled is not None and net is self.model else net(x)
+        return compiled(x) if compiled is not None and net is self.model else self.__dict__["_runners"][net](x)
 
     def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor | None:
         x, y, *skipped = batch  # the datamodule's batches also count the files that failed to decode

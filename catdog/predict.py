@@ -1,9 +1,10 @@
 """Classify pictures: the label and the probability of "dog" for each, printed and written as CSV.
 
-    python -m catdog.predict image=PATH|FOLDER|[a.jpg,b.jpg] [ckpt=latest|pretrained|none|PATH] [tta=false]
-                             [precision=32] [out=predictions.csv] [device=auto] [quiet=false]
+    catdog-predict image=PATH|FOLDER|[a.jpg,b.jpg] [ckpt=latest|pretrained|none|PATH] [tta=false]
+                   [precision=32] [out=predictions.csv] [device=auto] [quiet=false]
 
-Settings: conf/predict.yaml (data.batch_size and data.num_workers set the loader). A folder is streamed through a
+(or ``python -m catdog.predict``); ``image=sample:cat`` and ``image=sample:dog`` are the photos that come with catdog.
+Settings: catdog/conf/predict.yaml (data.batch_size and data.num_workers set the loader). A folder is streamed through a
 DataLoader with workers and each row is written as soon as its batch is done, so memory does not grow with the
 folder. A file that cannot be read becomes a row with its error, never a crash.
 """
@@ -17,9 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from catdog.preprocess import Preprocessing
+from catdog.cli import image_setting, run
+from catdog.files import atomic_write
+from catdog.model import pick_device, prediction
+from catdog.preprocess import Preprocessing, default_workers, image_paths
+from catdog.scoring import check_precision, score_files
+from catdog.weights import load_weights
 
 COLUMNS = ("path", "label", "p_dog", "error")
 
@@ -34,27 +40,17 @@ def predict_rows(
     precision: str = "32",
 ) -> Iterator[dict]:
     """One row per path, in order: ``path, label, p_dog`` or ``path, error`` (``catdog.scoring.score_files``)."""
-    from catdog.model import describe
-    from catdog.scoring import score_files
-
     for indices, logits, failed in score_files(model, paths, preprocessing, batch_size, workers, tta, precision):
         rows = {i: {"path": str(paths[i]), "label": "", "p_dog": "", "error": e} for i, e in failed}
         for i, logit in zip(indices, logits, strict=True):
-            label, _ = describe(logit)
-            p_dog = float(torch.sigmoid(torch.tensor(logit)))
-            rows[i] = {"path": str(paths[i]), "label": label, "p_dog": f"{p_dog:.6f}", "error": ""}
+            p = prediction(logit)
+            rows[i] = {"path": str(paths[i]), "label": p["label"], "p_dog": f"{p['p_dog']:.6f}", "error": ""}
         yield from (rows[i] for i in sorted(rows))
 
 
 def predict(cfg: DictConfig) -> dict:
     """Write ``cfg.out`` (atomically: a temporary file renamed at the end); returns counts per label."""
-    from catdog.files import atomic_write
-    from catdog.model import pick_device
-    from catdog.preprocess import default_workers, image_paths
-    from catdog.scoring import check_precision
-    from catdog.weights import load_weights
-
-    paths = image_paths(OmegaConf.to_container(cfg.image) if OmegaConf.is_list(cfg.image) else str(cfg.image))
+    paths = image_paths(image_setting(cfg.image))
     device = pick_device(cfg.device)
     check_precision(cfg.precision)  # a bad setting stops here, before the work
     weights = load_weights(cfg.ckpt)
@@ -83,9 +79,8 @@ def predict(cfg: DictConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from catdog.cli import run_config
-
-    return run_config("predict", predict, argv)
+    """``catdog-predict``: the command line (default ``sys.argv[1:]``); returns the exit code."""
+    return run("predict", predict, argv)
 
 
 if __name__ == "__main__":

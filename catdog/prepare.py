@@ -2,14 +2,19 @@
 
 Sources: Kaggle's ``train.zip`` or ``dogs-vs-cats.zip`` (``train.zip`` inside), the extracted Kaggle folder
 (``cat.N.jpg``, ``dog.N.jpg``), Microsoft's ``kagglecatsanddogs_5340.zip`` or its ``PetImages/{Cat,Dog}`` folder,
-or an http(s) URL (downloaded once, then treated as a zip). A file's class comes from its parent folder
+an http(s) URL (downloaded once, then treated as a zip), or a name in ``SOURCES``: ``microsoft``, the default, is
+Microsoft's download of the whole set (786 MB). A file's class comes from its parent folder
 (``Cat``, ``cats``, ...) or, failing that, from its name (``cat.12.jpg``).
 
 Every image is decoded once; files that do not decode are skipped and listed in ``prepare_report.txt``.
 The source is never modified, and the split is built in a temporary folder that is renamed into place only
 when complete, so an interrupted run leaves nothing half-written.
 
-    python -m catdog.prepare source=/path/to/train.zip [root=data/processed_data] [test_fraction=0.2] [seed=0]
+    catdog-prepare [data.source=microsoft|/path/to/train.zip] [data.root=data/processed_data]
+                   [data.test_fraction=0.2] [data.split_seed=0]
+
+(or ``python -m catdog.prepare``; train does it itself when ``data.root`` is missing). Settings:
+catdog/conf/prepare.yaml.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import random
 import shutil
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 import warnings
 import zipfile
@@ -29,7 +35,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from omegaconf import DictConfig
 from PIL import Image
+from tqdm import tqdm
 
 try:
     import fcntl
@@ -37,12 +45,13 @@ except ImportError:  # Windows: no lock
     fcntl = None
 
 from catdog import CLASSES, CatDogError
+from catdog.cli import run
 from catdog.preprocess import IMAGE_EXTENSIONS
 
 MICROSOFT_URL = (
     "https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip"
 )
-SOURCES = {"microsoft": MICROSOFT_URL}  # names for sources: data.source=microsoft is the default download
+SOURCES = {"microsoft": MICROSOFT_URL}  # names a source can be given by: data.source=microsoft is the default
 _FOLDER_LABELS = {"cat": "cats", "cats": "cats", "dog": "dogs", "dogs": "dogs"}
 
 
@@ -94,36 +103,53 @@ def is_url(source: str) -> bool:
 
 
 def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True) -> Path:
-    """Fetch ``url`` to ``dest`` once: a ``.part`` file, checked (length, SHA-256), then renamed into place."""
+    """Fetch ``url`` to ``dest`` once: a ``.part`` file, checked (length, SHA-256), then renamed into place. A failed
+    or interrupted download leaves nothing behind: no ``.part`` file, no folder made for it."""
     if dest.exists():
         return dest
+    made = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]  # deepest first
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            from tqdm import tqdm
-
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        bar.update(len(chunk))
+        except OSError as err:  # urllib's URLError and HTTPError, timeouts, resets, a full disk: all OSErrors
+            raise CatDogError(
+                f"cannot download {url}: {_reason(err)}; check the connection, or download the file yourself "
+                "and give data.source=PATH"
+            ) from err
         size = part.stat().st_size
         if total is not None and size != total:
             raise CatDogError(f"download of {url} is incomplete ({size} of {total} bytes); run again to retry")
         if sha256 and digest.hexdigest() != sha256.lower():
             raise CatDogError(f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256}")
-    except OSError as err:
+    except BaseException:  # also Ctrl-C: no partial file stays behind
         part.unlink(missing_ok=True)
-        raise CatDogError(f"cannot download {url}: {err}") from err
-    except CatDogError:
-        part.unlink(missing_ok=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: another process put something there meanwhile
+                break
         raise
     os.replace(part, dest)
     print(f"Downloaded {dest} ({size:,} bytes, SHA-256 {digest.hexdigest()})")
     return dest
+
+
+def _reason(err: OSError) -> str:
+    """Why a download failed, in a few words: ``HTTP 404 Not Found``, ``[Errno 111] Connection refused``, ..."""
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(err, urllib.error.URLError):
+        return str(err.reason)
+    return str(err)
 
 
 def decodes(data: bytes) -> str | None:
@@ -212,11 +238,15 @@ def prepare(
 def _prepare(
     source: str, root: Path, test_fraction: float, seed: int, sha256: str | None, download_dir: str, progress: bool
 ) -> Path:
-    if is_url(source):
-        source = str(download(source, Path(download_dir) / Path(source.split("?")[0]).name, sha256, progress))
+    url = SOURCES.get(source, source)  # a name (microsoft) stands for its URL
+    if is_url(url):
+        source = str(download(url, Path(download_dir) / Path(url.split("?")[0]).name, sha256, progress))
     path = Path(source).expanduser()
     if not path.exists():
-        raise CatDogError(f"data source {source} does not exist; give a zip, a folder or a URL (data.source=...)")
+        names = ", ".join(SOURCES)
+        raise CatDogError(
+            f"data source {source} does not exist; give a zip, a folder, a URL or {names} (data.source=...)"
+        )
     if path.is_dir():
         entries = list(_folder_entries(path))
     else:
@@ -266,8 +296,6 @@ def _prepare(
 
 def _copy_decodable(entries: list[Entry], dest: Path, progress: bool) -> tuple[list[Entry], list[tuple[str, str]]]:
     """Read and decode each entry once; write the good ones to ``dest/{label}/``; return (kept, skipped)."""
-    from tqdm import tqdm
-
     kept, skipped = [], []
     for label in CLASSES:
         (dest / label).mkdir(parents=True)
@@ -295,16 +323,18 @@ def _copy_decodable(entries: list[Entry], dest: Path, progress: bool) -> tuple[l
     return kept, skipped
 
 
+def prepare_data(cfg: DictConfig) -> Path:
+    """The command: ``data.source`` into ``data.root`` with ``data.test_fraction`` and ``data.split_seed``, the
+    settings training reads."""
+    data = cfg.data
+    return prepare(
+        data.source, data.root, data.test_fraction, data.split_seed, cfg.sha256, cfg.download_dir, cfg.force
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m catdog.prepare key=value ...``: settings from conf/prepare.yaml (the data group's root, source,
-    test_fraction and split_seed by default)."""
-    from catdog.cli import run_config
-
-    def run(cfg) -> None:
-        keys = ("source", "root", "test_fraction", "seed", "sha256", "download_dir", "force")
-        prepare(**{k: cfg[k] for k in keys})
-
-    return run_config("prepare", run, argv)
+    """``catdog-prepare``: the command line (default ``sys.argv[1:]``); returns the exit code."""
+    return run("prepare", prepare_data, argv)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,25 @@
 """The one preprocessing path, shared by training and every entry point: file -> RGB -> 150x150 -> floats in [0, 1].
 
 It mirrors Keras's ``load_img`` + ``ImageDataGenerator(rescale=1/255)``: convert to RGB, resize ignoring the
-aspect ratio with PIL (nearest by default), scale by 1/255. Only PIL, numpy and torch: no torchvision import,
-so ``visualize.py`` starts fast.
+aspect ratio with PIL (nearest by default), scale by 1/255. ``Preprocessing`` holds the settings and travels with the
+weights; ``Pictures`` + ``collate_readable`` read many files and skip those that do not decode, for training,
+evaluate, predict and the atlas alike. Only PIL, numpy and torch: no torchvision import, so ``visualize.py`` and
+``predict`` start fast.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torch.utils.data import Dataset
 
 from catdog import CatDogError
 from catdog.model import INPUT_SIZE
@@ -73,23 +79,13 @@ def scaled(pixels: torch.Tensor, device: torch.device | None = None) -> torch.Te
     return pixels.movedim(-1, -3).float().mul_(1 / 255)
 
 
-class Preprocess:
-    """Callable ``PIL image -> tensor``: resize then scale. Picklable, so DataLoader workers can use it."""
-
-    def __init__(self, size: tuple[int, int] = INPUT_SIZE, interpolation: str = "nearest") -> None:
-        resize(Image.new("RGB", (1, 1)), (1, 1), interpolation)  # fail early on a bad interpolation name
-        self.size, self.interpolation = tuple(size), interpolation
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        return to_tensor(resize(img, self.size, self.interpolation))
-
-
 @dataclass(frozen=True)
 class Preprocessing:
     """How a picture file becomes the network's input; weights were trained with one, so it travels with them.
 
-    ``preprocessing(path)`` is the (3, H, W) float tensor; ``preprocessing.image(path)`` the resized RGB image.
-    A file that is not an image raises ``CatDogError`` naming it.
+    ``preprocessing(path)`` is the (3, H, W) float tensor; ``preprocessing.image(path)`` the resized RGB image;
+    ``preprocessing.pixels(path)`` its uint8 pixels. A file that is not an image raises ``CatDogError`` naming it
+    (``Pictures`` turns that into an ``Unreadable`` item, for loaders that skip such files).
     """
 
     image_size: tuple[int, int] = INPUT_SIZE
@@ -112,12 +108,13 @@ class Preprocessing:
         except BAD_IMAGE_ERRORS as err:
             raise CatDogError(f"cannot read image {path}: {err}") from err
 
+    def pixels(self, path: str | os.PathLike) -> torch.Tensor:
+        """The (H, W, 3) uint8 pixels of ``image(path)``: what loader workers hand over (a quarter of the bytes of
+        floats), scaled where the model runs (``scaled``)."""
+        return torch.from_numpy(np.array(self.image(path), dtype=np.uint8))
+
     def __call__(self, path: str | os.PathLike) -> torch.Tensor:
         return to_tensor(self.image(path))
-
-    def transform(self) -> Preprocess:
-        """The PIL image -> tensor part, for datasets whose loader already decoded the file."""
-        return Preprocess(self.image_size, self.interpolation)
 
     def to_dict(self) -> dict:
         return {
@@ -140,6 +137,60 @@ class Preprocessing:
             return cls(**settings)
         except (TypeError, ValueError) as err:
             raise CatDogError(f"{source or 'weights'} have unreadable preprocessing settings ({err})") from err
+
+
+class Unreadable(NamedTuple):
+    """In place of a picture: the index of a file that failed to decode, and why (``cannot read image PATH: ...``).
+    A bad file that slipped past ``prepare`` costs one picture, never the run."""
+
+    index: int
+    error: str
+
+
+class Pictures(Dataset):
+    """The files ``paths`` as ``preprocessing`` reads them: item ``i`` is ``(pixels, i)``, the (H, W, 3) uint8
+    pixels passed through ``transform`` when given, or ``Unreadable(i, why)`` for a file that does not decode
+    (warned about with ``warn``). ``collate_readable`` batches them. ``targets``: each file's class (cats 0,
+    dogs 1) where the files have one. The one way training, evaluation, predict and the atlas skip bad files."""
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        preprocessing: Preprocessing,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        warn: bool = False,
+        targets: Sequence[int] = (),
+    ) -> None:
+        self.paths, self.targets = [str(p) for p in paths], list(targets)
+        self.preprocessing, self.transform, self.warn = preprocessing, transform, warn
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | Unreadable:
+        try:
+            pixels = self.preprocessing.pixels(self.paths[index])
+        except CatDogError as err:
+            if self.warn:
+                warnings.warn(f"skipped: {err}", stacklevel=1)
+            return Unreadable(index, str(err))
+        return (pixels if self.transform is None else self.transform(pixels)), index
+
+
+class ReadableBatch(NamedTuple):
+    """``Pictures`` items batched: the good pictures stacked, their indices, and the files that did not decode."""
+
+    pictures: torch.Tensor
+    indices: list[int]
+    unreadable: list[Unreadable]
+
+
+def collate_readable(items: list[tuple[torch.Tensor, int] | Unreadable]) -> ReadableBatch:
+    """Stack the pictures of ``Pictures`` items (an empty tensor when every file was bad) and set aside the rest."""
+    unreadable = [item for item in items if isinstance(item, Unreadable)]
+    good = [item for item in items if not isinstance(item, Unreadable)]
+    pictures = torch.stack([x for x, _ in good]) if good else torch.empty(0)
+    return ReadableBatch(pictures, [i for _, i in good], unreadable)
 
 
 def image_paths(spec: str | os.PathLike | list) -> list[Path]:

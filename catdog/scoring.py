@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from catdog import CatDogError
-from catdog.preprocess import Preprocessing, cores, scaled
+from catdog.preprocess import Pictures, Preprocessing, Unreadable, collate_readable, cores, scaled
 
 PRECISIONS = ("32", "32-true", "bf16-mixed")
 
@@ -34,7 +33,6 @@ def check_precision(precision) -> str:
 
 def logits_of(model: torch.nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """The model's logits for a batch (N,); with ``tta`` averaged with those of the mirrored images."""
-    x = x.contiguous(memory_format=torch.channels_last)  # the layout of ``Weights.model(fast=True)``
     logit = model(x)[:, 0]
     return (logit + model(x.flip(3))[:, 0]) / 2 if tta else logit
 
@@ -59,23 +57,18 @@ class Scorer:
 
 class Batches(Dataset):
     """Item ``b``: the ``b``-th run of ``batch_size`` paths, decoded (and scored by ``score`` when given) in the
-    process that loads it: ``(pictures (N, H, W, 3) uint8 or logits, indices of the good files, [(index, error)])``."""
+    process that loads it: ``(pictures (N, H, W, 3) uint8 or logits, indices of the good files, [Unreadable(index,
+    error)])``, the files that do not decode skipped as everywhere (``catdog.preprocess.Pictures``)."""
 
     def __init__(self, paths: list[Path], preprocessing: Preprocessing, batch_size: int, score: Scorer | None) -> None:
-        self.paths, self.preprocessing, self.batch_size, self.score = paths, preprocessing, batch_size, score
+        self.pictures, self.batch_size, self.score = Pictures(paths, preprocessing), batch_size, score
 
     def __len__(self) -> int:
-        return -(-len(self.paths) // self.batch_size)
+        return -(-len(self.pictures) // self.batch_size)
 
-    def __getitem__(self, b: int) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:
-        pictures, good, failed = [], [], []
-        for i in range(b * self.batch_size, min(len(self.paths), (b + 1) * self.batch_size)):
-            try:
-                pictures.append(np.asarray(self.preprocessing.image(self.paths[i]), dtype=np.uint8))
-                good.append(i)
-            except CatDogError as err:
-                failed.append((i, str(err)))
-        x = torch.from_numpy(np.stack(pictures)) if pictures else torch.empty(0)
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, list[int], list[Unreadable]]:
+        run = range(b * self.batch_size, min(len(self.pictures), (b + 1) * self.batch_size))
+        x, good, failed = collate_readable([self.pictures[i] for i in run])
         return (self.score(x) if self.score and good else x), good, failed
 
 

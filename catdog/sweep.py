@@ -11,7 +11,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from catdog.files import write_text
+from catdog.files import natural_key, write_text
 
 COLUMNS = ("job", "overrides", "status", "best_val_acc", "test_acc", "epochs", "seconds", "error")
 
@@ -19,18 +19,15 @@ COLUMNS = ("job", "overrides", "status", "best_val_acc", "test_acc", "epochs", "
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job folder (``<sweep>/<n>/``): its overrides and what its ``metrics.json`` says."""
     rows = []
-    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml"), key=lambda p: _job_key(p.parent.parent)):
-        job = overrides_file.parent.parent
+    jobs = [f.parent.parent for f in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    for job in sorted(jobs, key=lambda j: natural_key(j.name)):
+        overrides_file = job / ".hydra" / "overrides.yaml"
         metrics_file = job / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {"status": "failed or running"}
         row = {"job": job.name, "overrides": " ".join(OmegaConf.load(overrides_file))}
         row.update({k: metrics.get(k, "") for k in COLUMNS[2:]})
         rows.append(row)
     return rows
-
-
-def _job_key(job: Path) -> tuple[int, str]:
-    return (int(job.name), "") if job.name.isdigit() else (1 << 30, job.name)
 
 
 def write_summary(sweep_dir: Path) -> None:

@@ -18,12 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from catdog import CLASSES, CatDogError
+from catdog.fast import FastCatDogCNN
+from catdog.files import atomic_write
+from catdog.keras_io import read_keras
 from catdog.model import CatDogCNN
 from catdog.preprocess import Preprocessing
 
@@ -43,16 +49,16 @@ class Weights:
     metadata: dict = field(default_factory=dict)  # command, commit, metrics, ... (plain JSON values)
     classes: tuple[str, ...] = CLASSES
 
-    def model(self, device: str | torch.device = "cpu", fast: bool = False) -> CatDogCNN:
+    def model(self, device: str | torch.device = "cpu", fast: bool = False) -> CatDogCNN | FastCatDogCNN:
         """The network in eval mode with these weights, every key and shape checked.
 
-        ``fast``: the exact faster arrangement for scoring many images (ReLU after pooling, channels_last; feed it
-        channels_last batches). Its convs' forward outputs are pre-ReLU: read layers through a recorder."""
-        model = CatDogCNN(relu_after_pool=fast, input_size=self.preprocessing.image_size)
+        ``fast``: ``catdog.fast.fast`` of it, the same computation arranged to score many images faster. Hooks on
+        its layers do not fire: to record layers, take the plain network."""
+        model = CatDogCNN(input_size=self.preprocessing.image_size)
         check_state(model, self.state_dict, self.source)
         model.load_state_dict(self.state_dict)
         model = model.eval().to(device)
-        return model.to(memory_format=torch.channels_last) if fast else model
+        return FastCatDogCNN(model) if fast else model
 
 
 def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -116,9 +122,8 @@ def load_weights(spec: str | os.PathLike = "latest") -> Weights:
     if suffix == ".safetensors":
         return read_safetensors(path)
     if suffix in (".keras", ".h5", ".hdf5"):
-        from catdog.keras_io import read_keras
-
-        return read_keras(path)
+        state, preprocessing, info = read_keras(path)
+        return Weights(state, preprocessing, source=str(path), metadata={"keras": info})
     return read_checkpoint(path)
 
 
@@ -144,28 +149,28 @@ def read_checkpoint(path: Path) -> Weights:
     return Weights(state, preprocessing, f"{path}{what}", metadata)
 
 
-def _digest(state: dict[str, torch.Tensor]) -> str:
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """Which weights these are: a SHA-256 of the names and the bytes of the tensors, in name order, whatever device
+    or memory layout they are in. The safetensors header records it; atlases and cached filter patterns are keyed by
+    it (``model.state_dict()`` for a model)."""
     digest = hashlib.sha256()
     for key in sorted(state):
         digest.update(key.encode())
-        digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+        tensor = state[key].detach().cpu().contiguous().reshape(-1)
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
 def save_weights(weights: Weights, path: str | os.PathLike) -> Path:
     """Write ``weights`` as a safetensors file: the tensors, and a header with the format, the preprocessing, the
     classes, the network's input size, a SHA-256 of the tensors and ``weights.metadata`` (as JSON strings)."""
-    from safetensors.torch import save_file
-
-    from catdog.files import atomic_write
-
     state = {k: v.detach().cpu().contiguous() for k, v in weights.state_dict.items()}
     check_state(CatDogCNN(input_size=weights.preprocessing.image_size), state, "the weights to save")
     header = {
         "format": FORMAT,
         "preprocessing": json.dumps(weights.preprocessing.to_dict()),
         "classes": json.dumps(list(weights.classes)),
-        "sha256": _digest(state),
+        "sha256": weights_sha256(state),
         **{k: json.dumps(v) for k, v in weights.metadata.items()},
     }
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=header))
@@ -174,8 +179,6 @@ def save_weights(weights: Weights, path: str | os.PathLike) -> Path:
 def read_safetensors(path: Path, label: str | None = None) -> Weights:
     """A file written by ``save_weights``; refused in one line if it is truncated, tampered with, foreign or made
     for other preprocessing."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -184,7 +187,7 @@ def read_safetensors(path: Path, label: str | None = None) -> Weights:
         raise CatDogError(f"cannot read weights file {path}: not a whole safetensors file ({err})") from err
     if header.get("format") != FORMAT:
         raise CatDogError(f"weights file {path} is not a catdog weights file (format {header.get('format')!r})")
-    if header.get("sha256") != _digest(state):
+    if header.get("sha256") != weights_sha256(state):
         raise CatDogError(f"weights file {path} has been altered: its tensors do not match their SHA-256")
     try:
         classes = tuple(json.loads(header["classes"]))

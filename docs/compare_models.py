@@ -22,6 +22,7 @@ from catdog.hooks import record_activations  # noqa: E402
 from catdog.preprocess import Preprocessing, to_tensor  # noqa: E402
 from catdog.views.activations import gradcam_page  # noqa: E402
 from catdog.views.plots import below, save_png, with_title  # noqa: E402
+from catdog.views.trace import trace  # noqa: E402
 from catdog.weights import load_weights  # noqa: E402
 
 
@@ -60,7 +61,8 @@ def main() -> None:
     for image in args.images:
         for name, (model, pre) in models.items():
             picture = pre.image(args.folder / image)
-            rows.append(with_title(gradcam_page(model, to_tensor(picture)[None], picture, "conv4"), f"{name} model"))
+            traced = trace(model, to_tensor(picture)[None], gradcam_layer="conv4")
+            rows.append(with_title(gradcam_page(picture, traced), f"{name} model"))
     save_png(below(*rows, gap=8), args.figure)
     print(f"wrote {args.figure}")
 

@@ -16,9 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_script(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run ``python <script> overrides...`` as a user would, from ``cwd``."""
+    """Run ``python <script> overrides...`` as a user would, from ``cwd``; a module name (``catdog.atlas``) runs as
+    ``python -m catdog.atlas``."""
+    command = ["-m", script] if script.startswith("catdog.") else [str(REPO / script)]
     return subprocess.run(
-        [sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=600
+        [sys.executable, *command, *overrides], cwd=cwd, capture_output=True, text=True, timeout=600
     )
 
 

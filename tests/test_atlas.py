@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from catdog import CatDogError
-from catdog.views.atlas import AtlasBuilder, build_atlas, load_atlas, write_atlas
+from catdog.views.channel_atlas import AtlasBuilder, build_atlas, load_atlas, write_atlas
 from catdog.views.receptive import receptive_fields
 from tests.conftest import make_tree, run_script
 from tests.test_explorer import page_data
@@ -162,11 +162,31 @@ def one_line_error(result) -> str:
     return lines[-1]
 
 
+def test_atlas_settings_share_their_names_with_the_other_commands(tmp_path, capsys):
+    """The batch is data.batch_size, as for training, evaluate and predict; bad values are one line."""
+    from catdog.atlas import main
+
+    data = make_tree(tmp_path / "data", 1, 3)
+    args = ["ckpt=none", f"data.root={data}", "data.num_workers=0", "patterns=false"]
+    assert main([*args, "batch_size=4"]) == 2  # the old top-level name is gone
+    assert main([*args, "data.batch_size=0"]) == 2
+    assert main([*args, "k=abc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: Could not override 'batch_size'")
+    assert err[1:] == [
+        "error: data.batch_size must be a whole number of at least 1, got 0",
+        "error: k must be a whole number of at least 1, got 'abc'",
+    ]
+    assert main([*args, "data.batch_size=4", "k=2", f"out_dir={tmp_path / 'a'}"]) == 0
+    assert load_atlas(tmp_path / "a")["images"] == 6
+
+
+@pytest.mark.slow
 def test_atlas_command_line(tmp_path, cache):
     data = make_tree(tmp_path / "data", 1, 4)
     (data / "test" / "dogs" / "broken.jpg").write_bytes(b"not a picture")
     result = run_script(
-        "catdog/atlas.py", "ckpt=none", f"data.root={data}", "k=2", "out_dir=a", "patterns=false", cwd=tmp_path
+        "catdog.atlas", "ckpt=none", f"data.root={data}", "k=2", "out_dir=a", "patterns=false", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "8 images" in result.stdout and "1 unreadable files skipped" in result.stdout
@@ -174,29 +194,32 @@ def test_atlas_command_line(tmp_path, cache):
     assert atlas["class_counts"] == {"cats": 4, "dogs": 4} and list(atlas["layers"])[-1] == "pool4"
     assert (tmp_path / "a" / "atlas.html").is_file()
     assert not any("patterns" in layer for layer in atlas["layers"].values()) and not (cache / "catdog").exists()
-    # the documented path to filter patterns: patterns=only fills the cache (no data needed), and a page of these
-    # weights then shows every conv channel's pattern next to the atlas's crops
-    result = run_script("catdog/atlas.py", "ckpt=none", "patterns=only", "data.root=nowhere", cwd=tmp_path)
+    # the documented path to feature visualisations: patterns=only fills the cache (no data needed), and a page of
+    # these weights then shows those conv channels' patterns next to the atlas's crops
+    result = run_script(
+        "catdog.atlas", "ckpt=none", "patterns=only", "layers=[conv1,conv2]", "data.root=nowhere", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "filter patterns of 4 conv layers" in result.stdout and len(list(cache.rglob("*.npy"))) == 4
+    assert "feature visualisations of 96 channels in 2 conv layers and of the 2 classes" in result.stdout
     image = data / "test" / "dogs" / "dog.0.jpg"
     result = run_script("visualize.py", f"image={image}", "ckpt=none", "atlas=a", "out_dir=v", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     page = page_data(tmp_path / "v" / "index.html")
-    assert [layer["name"] for layer in page["layers"] if "patterns" in layer] == ["conv1", "conv2", "conv3", "conv4"]
-    assert page["layers"][6]["patterns"]["size"] == [38, 38] and all("atlas" in layer for layer in page["layers"])
+    assert list(page["patterns"]) == ["conv1", "conv2"] and page["patterns"]["conv2"]["size"] == [8, 8]
+    assert page["class_patterns"] and "mode=filters" in page["patterns_help"]  # conv3 and conv4: not at hand
+    assert list(page["atlas"]["layers"]) == ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "conv4", "pool4"]
     umask = os.umask(0o022)
     os.umask(umask)
     for written in (tmp_path / "v" / "index.html", tmp_path / "a" / "atlas.json"):  # as open() makes a file
         assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask
     assert "no layer matches 'conv9'" in one_line_error(
-        run_script("catdog/atlas.py", "ckpt=none", f"data.root={data}", "layers=[conv9]", cwd=tmp_path)
+        run_script("catdog.atlas", "ckpt=none", f"data.root={data}", "layers=[conv9]", cwd=tmp_path)
     )
     for f in (data / "test" / "cats").iterdir():
         f.unlink()
     assert "holds no images" in one_line_error(
-        run_script("catdog/atlas.py", "ckpt=none", f"data.root={data}", cwd=tmp_path)
+        run_script("catdog.atlas", "ckpt=none", f"data.root={data}", cwd=tmp_path)
     )
     assert "Could not override" in one_line_error(
-        run_script("catdog/atlas.py", "ckpt=none", f"data.root={data}", "kk=3", cwd=tmp_path)
+        run_script("catdog.atlas", "ckpt=none", f"data.root={data}", "kk=3", cwd=tmp_path)
     )

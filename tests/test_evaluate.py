@@ -48,7 +48,7 @@ def test_evaluate_errors_are_one_line(tmp_path, image_tree, capsys):
 
 def test_tta_and_bf16_precision(tmp_path, image_tree):
     from catdog.data import image_folder
-    from catdog.preprocess import Preprocess
+    from catdog.preprocess import Preprocessing, scaled
 
     torch.manual_seed(0)
     model = CatDogCNN()
@@ -62,9 +62,9 @@ def test_tta_and_bf16_precision(tmp_path, image_tree):
         losses[tta] = result["loss"]
         assert result["precision"] == precision
 
-    folder = image_folder(image_tree / "test", Preprocess())
+    folder = image_folder(image_tree / "test", Preprocessing(), scaled)
     x = torch.stack([folder[i][0] for i in range(len(folder))])
-    y = torch.tensor([float(label) for _, label in folder.samples])
+    y = torch.tensor([float(label) for label in folder.targets])
     with torch.no_grad():
         plain, mirrored = model(x)[:, 0], model(x.flip(3))[:, 0]
     bce = torch.nn.functional.binary_cross_entropy_with_logits
@@ -79,7 +79,7 @@ def test_split_val_is_the_validation_set_training_carves_out(tmp_path, image_tre
 
     dm = CatDogDataModule(root=str(image_tree), source=None, val_fraction=0.25, split_seed=3, num_workers=0)
     dm.setup()
-    val = [dm.val_set.dataset.samples[i][0] for i in dm.val_set.indices]
+    val = [dm.val_set.dataset.paths[i] for i in dm.val_set.indices]
     ckpt = always_dog(tmp_path / "dog.ckpt")  # the wrong ones are exactly the validation cats
     args = [f"ckpt={ckpt}", f"data.root={image_tree}", "split=val", "data.val_fraction=0.25", "data.split_seed=3"]
     assert main([*args, f"out_dir={tmp_path}", "data.num_workers=0", "wrong=100"]) == 0

@@ -114,19 +114,18 @@ def test_onnx_activations_equal_the_recorders(exported, images):
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * max(1.0, float(np.abs(theirs).max())))
 
 
-def test_with_activations_applies_a_deferred_relu(images):
-    """With ``relu_after_pool`` a conv layer returns its pre-ReLU output; the wrapper, as the recorder, returns what
-    the layer stands for (after ReLU), and the logit is unchanged."""
+def test_with_activations_returns_what_the_recorder_records(images):
+    """The wrapper's extra outputs are the recorder's records (a conv layer's output after its ReLU), and its logit
+    is the network's."""
     weights = random_weights(1)
-    fast = CatDogCNN(relu_after_pool=True).eval()
-    fast.load_state_dict(weights.state_dict)
-    with ActivationRecorder(fast) as recorder, torch.no_grad():
-        logit = fast(images)
-        outputs = WithActivations(fast)(images)
+    model = weights.model()
+    with ActivationRecorder(model) as recorder, torch.no_grad():
+        logit = model(images)
+        outputs = WithActivations(model)(images)
     assert torch.equal(outputs[0], logit)
     for name, ours in zip(LAYERS, outputs[1:], strict=True):
         assert torch.equal(ours, recorder.records[name]), name
-    assert outputs[1].min() == 0  # conv1 after ReLU, not the pre-ReLU output the layer returns
+    assert outputs[1].min() == 0 and outputs[1].max() > 0  # conv1 after ReLU, as the seed plots
 
 
 def test_onnx_metadata_says_how_to_feed_it(exported):
@@ -171,7 +170,8 @@ def test_export_command_writes_a_model_that_runs(tmp_path, images):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["format=tflite"], "format must be onnx or safetensors, got 'tflite'"),
+        (["format=tflite"], "format must be onnx, safetensors, html, got 'tflite'"),
+        (["format=html", "out=model.onnx", "overwrite=true"], "out=model.onnx has the suffix of format=onnx"),
         (["out=model.onnx"], "out=model.onnx exists; give another out=, or overwrite=true to replace it"),
         (["format=safetensors", "out=w.onnx"], "out=w.onnx has the suffix of format=onnx, but format=safetensors"),
         (["ckpt=missing.ckpt", "out=new.onnx"], "checkpoint missing.ckpt not found"),
@@ -190,3 +190,31 @@ def test_export_command_errors_are_one_line(tmp_path, overrides, message, monkey
     assert message in err
     assert (tmp_path / "model.onnx").read_bytes() == b"the user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def page_weights(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The network description and the weights an explorer page holds, unpacked as its worker does."""
+    from tests.test_explorer import page_data, unpack
+
+    data = page_data(path)
+    return data["network"], unpack(data["weights"])
+
+
+def test_export_html_writes_the_explorer_of_a_checkpoint_or_weights_file(tmp_path, trained_run, monkeypatch, capsys):
+    """format=html: the page holds the network of any ckpt= form with its preprocessing (the train.py checkpoint's
+    moving average or weights; a safetensors file; the Keras seed's .keras/.h5 files: tests/test_keras_io.py)."""
+    from catdog.views.network import page_state
+
+    monkeypatch.chdir(tmp_path)
+    checkpoint = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    bicubic = Weights(random_weights(4).state_dict, Preprocessing(interpolation="bicubic"), "random")
+    export_safetensors(bicubic, tmp_path / "w.safetensors")
+    for ckpt, out in ((checkpoint, "run.html"), (tmp_path / "w.safetensors", "w.html")):
+        assert main([f"ckpt={ckpt}", "format=html", f"out={out}"]) == 0
+        assert f"wrote {out}" in capsys.readouterr().out
+        network, held = page_weights(tmp_path / out)
+        expected = load_weights(ckpt)
+        assert network["preprocessing"]["interpolation"] == expected.preprocessing.interpolation
+        for name, value in page_state(expected.model(), network).items():
+            np.testing.assert_array_equal(held[name], value.numpy())
+    assert (tmp_path / "w.html").stat().st_size < 10_000_000

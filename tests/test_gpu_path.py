@@ -1,5 +1,5 @@
 """The GPU levers, on CPU tensors: augmentation of whole batches where the cache holds the images (``BatchAffine``,
-``data.augment_on``), ``model.compile``, metrics summed on the device and logged once an epoch, the TF32 switch."""
+``data.cache=true``), ``model.compile``, metrics summed on the device and logged once an epoch, the TF32 switch."""
 
 import pytest
 import pytorch_lightning as pl
@@ -10,9 +10,13 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from torchvision.transforms import InterpolationMode, RandomAffine
 
 from catdog import CatDogError
-from catdog.data import BatchAffine, CatDogDataModule
+from catdog.data import CatDogDataModule
+from catdog.data.augment import AugmentedIndices, BatchAffine
+from catdog.data.cache import CachedIndices
+from catdog.data.loading import SeededSamples
 from catdog.module import CatDogModule, RunningLossBar, set_tf32
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 BOOK = {"hflip": True, "rotation": 40, "shift": 0.2, "zoom": 0.2, "shear": 10}  # experiment=best's augmentation
 QUIET = dict(logger=False, enable_checkpointing=False, enable_model_summary=False)
 
@@ -126,9 +130,10 @@ def transferred(dm: CatDogDataModule, loader) -> list[tuple[torch.Tensor, ...]]:
     return [dm.on_after_batch_transfer(batch, 0) for batch in loader]
 
 
+@pytest.mark.slow
 def test_device_augmentation_is_drawn_per_batch_from_seed_epoch_and_batch(image_tree, forked_pool):
-    dm = held_and_augmented(image_tree, cache_on_device=True, val_fraction=0.25)
-    assert dm.pixels is not None and dm.augment_on == "auto" and dm.train_set.dataset.folder.augment is None
+    dm = held_and_augmented(image_tree, val_fraction=0.25)
+    assert dm.pixels is not None and isinstance(dm.train_set.dataset, CachedIndices)  # the pictures, not augmented
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(0)
     first = transferred(dm, loader)
@@ -153,7 +158,7 @@ def test_device_augmentation_is_drawn_per_batch_from_seed_epoch_and_batch(image_
     torch.testing.assert_close(dm.batch_augment.warp(plain, raw[3]), other[0][0])
 
     # resumed after 2 batches (another loader, as a restarted run makes): the rest of the epoch, the same images
-    resumed = held_and_augmented(image_tree, cache_on_device=True, val_fraction=0.25)
+    resumed = held_and_augmented(image_tree, val_fraction=0.25)
     resumed.shuffle_seed = dm.shuffle_seed
     rest_loader = resumed.train_dataloader()
     rest_loader.load_state_dict({"epoch": 0, "batches": 2})
@@ -170,44 +175,39 @@ def test_device_augmentation_is_drawn_per_batch_from_seed_epoch_and_batch(image_
             assert torch.equal(x, dm.pixels[index].permute(0, 3, 1, 2).float().mul_(1 / 255))
 
 
-def test_augment_on_chooses_where_and_says_what_is_missing(image_tree, forked_pool, monkeypatch):
-    from types import SimpleNamespace
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_augmentation_runs_where_the_pictures_are(image_tree, forked_pool, device):
+    """data.cache alone decides: held on the training device (a GPU, or the RAM of a CPU run), whole batches are
+    augmented there; without the cache, each picture in the loader workers."""
+    dm = CatDogDataModule(root=str(image_tree), source=None, num_workers=0, batch_size=8, cache=True, augment=BOOK)
+    dm.trainer = pl.Trainer(accelerator=device, devices=1, **QUIET)
+    dm.prepare_data()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert dm.pixels.device.type == device and isinstance(loader.dataset, AugmentedIndices)
+    assert loader.num_workers == 0 and len(next(iter(loader))) == 4  # indices, labels, bad count, matrices
+    x, y, _ = dm.on_after_batch_transfer([t.to(device) for t in next(iter(loader))], 0)  # as Lightning moves it
+    assert x.device.type == y.device.type == device and x.shape == (8, 3, 150, 150)
 
-    assert held_and_augmented(image_tree, augment_on="device").pixels is not None  # held in the RAM, augmented there
-    assert held_and_augmented(image_tree, cache_on_device=True).pixels is not None  # auto: where they are held
-    for setting in ("auto", "workers"):  # on a CPU, auto lets the workers augment beside the step, as before
-        workers = held_and_augmented(image_tree, augment_on=setting)
-        assert workers.pixels is None and workers.train_set.augment is not None
-    gpu = CatDogDataModule(root=str(image_tree), source=None, cache=True, augment=BOOK)  # auto on a GPU: held there
-    gpu.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
-    monkeypatch.setattr("catdog.data.free_memory", lambda device: 2**40)
-    folders = [gpu._folder(split, None) for split in ("train", "test")]
-    assert gpu._cache_device(*folders) == torch.device("cuda", 0)
-    gpu.augment_on = "workers"
-    assert gpu._cache_device(*folders) is None
-    with pytest.raises(CatDogError, match="augment_on=workers"):
-        held_and_augmented(image_tree, augment_on="workers", cache_on_device=True)
-    with pytest.raises(CatDogError, match="data.cache=true"):
-        CatDogDataModule(root=str(image_tree), source=None, augment=BOOK, augment_on="device")
-    with pytest.raises(CatDogError, match="data.cache=true"):
-        CatDogDataModule(root=str(image_tree), source=None, augment=BOOK, augment_on="device", cache=True,
-                         cache_on_device=False)  # fmt: skip
-    with pytest.raises(CatDogError, match="augment_on must be"):
-        CatDogDataModule(root=str(image_tree), source=None, augment_on="gpu")
+    files = CatDogDataModule(root=str(image_tree), source=None, num_workers=1, batch_size=8, augment=BOOK)
+    files.setup("fit")
+    loader = files.train_dataloader()
+    assert files.pixels is None and isinstance(loader.dataset, SeededSamples) and loader.num_workers == 1
+    x, y, skipped = files.on_after_batch_transfer(next(iter(loader)), 0)
+    assert x.shape == (8, 3, 150, 150) and y.shape == (8, 1) and skipped == 0
 
 
+@pytest.mark.slow
 def test_a_fit_augments_on_the_device_and_logs_once_an_epoch(image_tree, monkeypatch, forked_pool):
     calls = []
     log = CatDogModule.log
     monkeypatch.setattr(CatDogModule, "log", lambda self, name, *a, **k: calls.append(name) or log(self, name, *a, **k))
-    dm = CatDogDataModule(
-        root=str(image_tree), source=None, batch_size=8, cache=True, cache_on_device=True, augment=BOOK
-    )
-    module = CatDogModule(channels_last=True, relu_after_pool=True)
+    dm = CatDogDataModule(root=str(image_tree), source=None, batch_size=8, cache=True, augment=BOOK, num_workers=1)
+    module = CatDogModule(fast=True)
     limits = dict(max_epochs=2, limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0)
     trainer = pl.Trainer(**limits, enable_progress_bar=False, **QUIET)
     trainer.fit(module, datamodule=dm)
-    assert dm.pixels is not None and dm.augment_on == "auto"
+    assert dm.pixels is not None
     assert trainer.callback_metrics["train_loss"].isfinite() and 0 <= trainer.callback_metrics["train_acc"] <= 1
     # 2 training and 2 validation steps an epoch, but each metric logged once an epoch
     per_epoch = ["train_loss", "train_acc", "train_skipped_files", "val_loss", "val_acc", "val_skipped_files"]
@@ -295,8 +295,8 @@ def test_compiled_network_gives_the_eager_outputs_and_gradients():
     """torch.compile (inductor, on the CPU) of a small input (46 x 46: the least the four stages take), to keep the
     compilation short (~20-60 s); the forward and one step's gradients equal the eager network's."""
     torch.manual_seed(0)
-    eager = CatDogModule(input_size=(46, 46), channels_last=True, relu_after_pool=True)
-    compiled = CatDogModule(input_size=(46, 46), channels_last=True, relu_after_pool=True, compile="default")
+    eager = CatDogModule(input_size=(46, 46), fast=True)
+    compiled = CatDogModule(input_size=(46, 46), fast=True, compile="default")
     compiled.model.load_state_dict(eager.model.state_dict())
     x, y = torch.rand(4, 3, 46, 46), torch.tensor([[0.0], [1.0], [1.0], [0.0]])
     torch._dynamo.reset()

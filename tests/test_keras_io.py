@@ -177,6 +177,44 @@ def test_export_command_takes_a_keras_file_and_refuses_a_wrong_one(keras_dir, tm
     assert not (tmp_path / "wide.onnx").exists()
 
 
+def imports_of(module: str) -> set[str]:
+    """The catdog modules that ``module`` imports, at its top or inside its functions."""
+    import ast
+
+    path = REPO / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = path.with_suffix("") / "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("catdog"):
+            found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("catdog")}
+    return found
+
+
+def test_no_catdog_module_imports_itself_back():
+    """keras_io once imported weights, which imported keras_io back (inside a function, to dodge the circle):
+    reading a Keras file is a step of loading weights, so keras_io comes first and knows nothing of weights. No
+    module of the package reaches itself again through what it imports."""
+    modules = {
+        ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        for p in (REPO / "catdog").rglob("*.py")
+    }
+    graph = {m: {d for d in imports_of(m) if d in modules and d not in (m, "catdog")} for m in modules}
+    assert "catdog.weights" not in graph["catdog.keras_io"] and "catdog.keras_io" in graph["catdog.weights"]
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        for d in graph[start] - seen:
+            seen.add(d)
+            if d == target or reaches(d, target, seen):
+                return True
+        return False
+
+    circles = sorted(m for m in modules if reaches(m, m, set()))
+    assert circles == []
+
+
 # ---- the Keras side, run as ``python tests/test_keras_io.py DIR`` with KERAS_BACKEND=torch ------------------------
 
 
@@ -261,3 +299,24 @@ def make_keras_files(folder: Path) -> None:
 
 if __name__ == "__main__":
     make_keras_files(Path(sys.argv[1]))
+
+
+def test_the_explorer_page_of_the_keras_seed_runs_it_as_keras(keras_dir, tmp_path, monkeypatch):
+    """format=html of the seed's .keras file: in the page (headless Chromium), the network gives Keras's output on the
+    same inputs, and the page resizes as the seed does (nearest)."""
+    from tests.test_page import CHROMIUM, Opened
+
+    if not CHROMIUM.exists():
+        pytest.skip("needs the system Chromium (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    monkeypatch.chdir(tmp_path)
+    assert export_main([f"ckpt={keras_dir / 'seed.keras'}", "format=html", "out=seed.html"]) == 0
+    keras_out = np.load(keras_dir / "seed.npz")
+    pixels = np.round(keras_out["x"] * 255).astype(np.uint8)  # the inputs were pictures scaled by 1/255
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        opened = Opened(browser, tmp_path / "seed.html")
+        assert opened.page.evaluate("window.catdog.network.preprocessing.interpolation") == "nearest"
+        for picture, y in zip(pixels, keras_out["y"][:, 0], strict=True):
+            assert opened.run_pixels(picture)["p_dog"] == pytest.approx(float(y), abs=1e-3)
+        browser.close()

@@ -1,5 +1,6 @@
 import torch
 
+from catdog.fast import FastCatDogCNN
 from catdog.module import CatDogModule, KerasRMSprop
 
 
@@ -28,7 +29,7 @@ def test_training_runs_and_checkpoint_reloads_without_config(tmp_path):
     x = torch.rand(40, 3, 150, 150)
     y = (x[:, 0].mean((1, 2)) > x[:, 2].mean((1, 2))).float()[:, None]
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=20)
-    module = CatDogModule(lr=1e-4, channels_last=True)
+    module = CatDogModule(lr=1e-4)
     trainer = pl.Trainer(
         max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path
     )
@@ -36,11 +37,47 @@ def test_training_runs_and_checkpoint_reloads_without_config(tmp_path):
     assert "val_acc" in trainer.callback_metrics and "train_loss" in trainer.callback_metrics
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     reloaded = CatDogModule.load_from_checkpoint(tmp_path / "m.ckpt")
-    assert reloaded.hparams.lr == 1e-4 and reloaded.hparams.channels_last
+    assert reloaded.hparams.lr == 1e-4 and reloaded.hparams.fast
     module.eval()
     reloaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x[:4]), module(x[:4]))
+
+    # a checkpoint of an older version: its hyper-parameters hold the two halves of ``fast``, the same weights
+    from catdog.weights import load_weights
+
+    checkpoint = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    hparams = dict(checkpoint["hyper_parameters"])
+    del hparams["fast"]
+    checkpoint["hyper_parameters"] = {**hparams, "channels_last": True, "relu_after_pool": True}
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    old = CatDogModule.load_from_checkpoint(tmp_path / "old.ckpt").eval()
+    assert old.hparams.lr == 1e-4 and old.hparams.fast and "relu_after_pool" not in old.hparams
+    plain = load_weights(tmp_path / "old.ckpt").model()
+    with torch.no_grad():
+        torch.testing.assert_close(old(x[:4]), module(x[:4]))
+        torch.testing.assert_close(plain(x[:4]), module(x[:4]))
+
+
+def test_the_steps_run_the_fast_arrangement_of_the_network_and_its_moving_average():
+    torch.manual_seed(0)
+    module = CatDogModule(ema_decay=0.5, input_size=(64, 64))
+    runners = module.__dict__["_runners"]
+    for net in (module.model, module.ema.module):
+        assert isinstance(runners[net], FastCatDogCNN)
+        assert all(a is b for a, b in zip(runners[net].parameters(), net.parameters(), strict=True))  # shared
+    plain = CatDogModule(ema_decay=0.5, input_size=(64, 64), fast=False)
+    assert plain.__dict__["_runners"] == {plain.model: plain.model, plain.ema.module: plain.ema.module}
+    assert module.state_dict().keys() == plain.state_dict().keys()  # saved once, under the plain names
+    x = torch.rand(3, 3, 64, 64)
+    module.update_average()
+    with torch.no_grad():
+        for p in module.model.parameters():
+            p.mul_(1.5)  # the weights and their average differ
+        for mode in (module.train, module.eval):  # training: the weights; evaluating: their average
+            mode()
+            torch.testing.assert_close(module.network(x), module(x), rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(module.ema.module(x), module.model(x))
 
 
 def test_ema_validates_the_moving_average_of_the_weights():

@@ -78,6 +78,16 @@ def test_files_a_list_tta_and_one_line_errors(tmp_path, capsys):
     assert len(rows(out)) == 2  # a failed run leaves the earlier file as it was
 
 
+def test_the_sample_photos_by_name(tmp_path, capsys):
+    out = tmp_path / "samples.csv"
+    assert main(["image=[sample:cat,sample:dog]", "ckpt=pretrained", f"out={out}", "quiet=true"]) == 0
+    table = rows(out)
+    assert [(r["path"].rsplit("/", 1)[-1], r["label"]) for r in table] == [("cat.jpg", "cat"), ("dog.jpg", "dog")]
+    assert float(table[0]["p_dog"]) < 0.01 and float(table[1]["p_dog"]) > 0.99
+    assert main(["image=sample:cow", "ckpt=pretrained", f"out={out}"]) == 2
+    assert "there is no such sample photo" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_recorded_forward_pass_runs_on_cuda_and_records_land_on_the_cpu(tmp_path):
     from catdog.preprocess import Preprocessing

@@ -60,14 +60,10 @@ def test_kaggle_competition_zip_with_train_zip_inside(tmp_path, kaggle_files):
 
 def test_kaggle_folder_and_microsoft_layouts(tmp_path, kaggle_files):
     kaggle = write_folder(tmp_path / "kaggle", kaggle_files) / "train"
-    petimages = {}
-    for name, data in kaggle_files.items():
-        animal, _, rest = Path(name).name.partition(".")
-        if animal in ("cat", "dog"):
-            petimages[f"PetImages/{animal.capitalize()}/{rest}"] = data
-    petimages["PetImages/Cat/Thumbs.db"] = b"junk"
-    ms_zip = write_zip(tmp_path / "kagglecatsanddogs_5340.zip", petimages)
-    ms_folder = write_folder(tmp_path / "ms", petimages) / "PetImages"
+    microsoft = petimages(kaggle_files)
+    microsoft["PetImages/Cat/Thumbs.db"] = b"junk"
+    ms_zip = write_zip(tmp_path / "kagglecatsanddogs_5340.zip", microsoft)
+    ms_folder = write_folder(tmp_path / "ms", microsoft) / "PetImages"
 
     results = [
         tree(prepare(src, tmp_path / f"out{i}", progress=False)) for i, src in enumerate((kaggle, ms_zip, ms_folder))
@@ -102,12 +98,25 @@ def test_bad_sources_are_clear_errors(tmp_path):
 
 
 def test_command_line(tmp_path, kaggle_files, capsys):
+    """The settings are the data group's, as training reads them: data.source, data.root, data.test_fraction."""
     source = write_zip(tmp_path / "train.zip", kaggle_files)
-    assert main([f"source={source}", f"root={tmp_path / 'out'}", "test_fraction=0.5"]) == 0
+    assert main([f"data.source={source}", f"data.root={tmp_path / 'out'}", "data.test_fraction=0.5"]) == 0
     assert len(list((tmp_path / "out/test/cats").iterdir())) == 10
-    assert main([f"source={tmp_path / 'nope'}", f"root={tmp_path / 'out2'}"]) == 2
-    assert main(["no_such_key=1"]) == 2
-    assert capsys.readouterr().err.count("error:") == 2
+    assert main([f"data.source={tmp_path / 'nope'}", f"data.root={tmp_path / 'out2'}"]) == 2
+    assert main(["source=x.zip"]) == 2  # the old name
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]  # not the progress bar
+    assert len(err) == 2 and "nope does not exist; give a zip, a folder, a URL or microsoft" in err[0]
+    assert err[1].startswith("error: Could not override 'source'")
+
+
+def petimages(kaggle_files: dict[str, bytes]) -> dict[str, bytes]:
+    """The same pictures in Microsoft's layout: PetImages/Cat/12.jpg, PetImages/Dog/7.jpg."""
+    files = {}
+    for name, data in kaggle_files.items():
+        animal, _, rest = Path(name).name.partition(".")
+        if animal in ("cat", "dog"):
+            files[f"PetImages/{animal.capitalize()}/{rest}"] = data
+    return files
 
 
 @pytest.fixture
@@ -130,7 +139,7 @@ def test_url_is_downloaded_verified_and_reused(tmp_path, kaggle_files, http_serv
 
     with pytest.raises(CatDogError, match="SHA-256"):
         prepare(url, tmp_path / "out", sha256="0" * 64, download_dir=downloads, progress=False)
-    assert list(downloads.iterdir()) == []  # a bad download leaves no file behind
+    assert not downloads.exists()  # a bad download leaves no file behind, nor the folder made for it
 
     sha = hashlib.sha256(data).hexdigest()
     check_split(prepare(url, tmp_path / "out", sha256=sha, download_dir=downloads, progress=False))
@@ -213,3 +222,42 @@ def test_two_runs_preparing_the_same_root_at_once_wait_for_each_other(tmp_path, 
     assert not errors, errors
     assert builds == ["first"] and tree(root) == expected
     assert sorted(p.name for p in root.parent.iterdir()) == [".processed.lock", "processed"]  # no staging left
+
+
+def test_the_default_source_is_downloaded_checked_and_prepared(tmp_path, kaggle_files, http_server, monkeypatch):
+    """data.source=microsoft (the default of train and prepare) names Microsoft's URL: downloaded once into
+    download_dir, its length checked, its PetImages/{Cat,Dog} layout prepared. A local server stands in for it."""
+    import catdog.prepare as prepare_module
+
+    served, base = http_server
+    data = write_zip(served / "kagglecatsanddogs_5340.zip", petimages(kaggle_files)).read_bytes()
+    monkeypatch.setitem(prepare_module.SOURCES, "microsoft", f"{base}/kagglecatsanddogs_5340.zip")
+    monkeypatch.chdir(tmp_path)
+    assert main(["data.root=data/processed_data"]) == 0  # with no data.source=: the default, microsoft
+    check_split(tmp_path / "data" / "processed_data")
+    assert (tmp_path / "data" / "downloads" / "kagglecatsanddogs_5340.zip").read_bytes() == data
+    names = sorted(p.name for p in (tmp_path / "data" / "processed_data" / "train" / "cats").iterdir())
+    assert names[0].startswith("cat.") and len(names) == 16
+
+    from catdog.data import CatDogDataModule  # training prepares a missing root from its data.source the same way
+
+    dm = CatDogDataModule(root=str(tmp_path / "data" / "again"), source="microsoft", num_workers=0)
+    dm.prepare_data()
+    check_split(tmp_path / "data" / "again")
+
+
+def test_a_network_failure_is_one_line_naming_the_url_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import socket
+
+    import catdog.prepare as prepare_module
+
+    with socket.socket() as closed:  # a port nobody listens on: the connection is refused
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/kagglecatsanddogs_5340.zip"
+    monkeypatch.setitem(prepare_module.SOURCES, "microsoft", url)
+    monkeypatch.chdir(tmp_path)
+    assert main(["data.root=data/processed_data"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: cannot download {url}: ") and "refused" in line and "data.source=PATH" in line
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert files == ["data", "data/.processed_data.lock"]  # no .part file, no download folder, no half-made root

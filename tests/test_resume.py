@@ -1,6 +1,6 @@
 """A resumed run ends with the uninterrupted run's weights, bit for bit: with the default loader workers and
 snapshots, with augmentation (in the workers, or on the device where the cache holds the images), with the decoded
-cache (read by workers, held on the device), from an epoch's end and from the middle of one (a periodic checkpoint,
+cache held on the device, from an epoch's end and from the middle of one (a periodic checkpoint,
 ``kill -9``, Ctrl-C)."""
 
 import json
@@ -22,19 +22,13 @@ COMMON = ["seed=3", "trainer.deterministic=true", "data.batch_size=4", "test=fal
 COMMON += ["model.ema_decay=0.9"]
 VARIANTS = {
     "workers": [],  # the defaults: loader workers, snapshots
-    "augment_cache_workers": [
-        "data.augment.hflip=true",
-        "data.augment.rotation=20",
-        "data.cache=true",
-        "data.augment_on=workers",
-    ],
-    "cache_device": ["data.cache=true", "data.cache_on_device=true", "callbacks.snapshots=null"],
+    "augment_workers": ["data.augment.hflip=true", "data.augment.rotation=20"],  # each picture, in the workers
+    "cache_device": ["data.cache=true", "callbacks.snapshots=null"],
     "augment_cache_device": [  # augmented on the device, whole batches (here the RAM: a CPU run)
         "data.augment.hflip=true",
         "data.augment.rotation=20",
         "data.augment.shift=0.1",
         "data.cache=true",
-        "data.augment_on=device",
         "callbacks.snapshots=null",
     ],
 }

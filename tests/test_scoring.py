@@ -2,15 +2,17 @@
 
 import torch
 
+from catdog.fast import FastCatDogCNN, fast
 from catdog.model import CatDogCNN
 from catdog.preprocess import Preprocessing, cores
 from catdog.scoring import Scorer, score_files, share_cores
 from tests.conftest import jpeg_bytes
 
 
-def network() -> CatDogCNN:
+def network() -> FastCatDogCNN:
+    """What predict and evaluate score with: ``Weights.model(fast=True)``."""
     torch.manual_seed(0)
-    return CatDogCNN(relu_after_pool=True).eval().to(memory_format=torch.channels_last)
+    return fast(CatDogCNN().eval())
 
 
 def test_workers_score_as_this_process_does_and_report_bad_files(tmp_path):
@@ -27,7 +29,7 @@ def test_workers_score_as_this_process_does_and_report_bad_files(tmp_path):
     logits = torch.tensor([v for _, values, _ in runs[0] for v in values])
     x = torch.stack([Preprocessing()(paths[i]) for i in indices])
     with torch.no_grad():
-        torch.testing.assert_close(logits, model(x.contiguous(memory_format=torch.channels_last))[:, 0])
+        torch.testing.assert_close(logits, model(x)[:, 0])
 
 
 def test_bf16_scores_as_bfloat16_autocast_of_the_float32_network():

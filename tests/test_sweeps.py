@@ -3,11 +3,14 @@
 import csv
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from catdog.cli import CONF_DIR
+from catdog.files import natural_key
+from catdog.sweep import write_summary
 from tests.conftest import make_tree, run_script
 
 FAST = ["trainer.max_epochs=1", "data.num_workers=0", "callbacks.snapshots=null"]
@@ -18,6 +21,7 @@ def summary_rows(sweep_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_two_by_two_sweep_with_a_failing_job_writes_a_summary(tmp_path):
     data = make_tree(tmp_path / "data", 10, 4)
     result = run_script(
@@ -44,6 +48,7 @@ def test_two_by_two_sweep_with_a_failing_job_writes_a_summary(tmp_path):
     assert "| failed |" in (tmp_path / "sweep" / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_two_trials(tmp_path):
     data = make_tree(tmp_path / "data", 10, 4)
     result = run_script(
@@ -80,6 +85,7 @@ def test_launcher_and_trainer_configs_compose():
     assert seed.data.batch_size == 20 and seed.model.lr == 1e-3 and seed.data.interpolation == "nearest"
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu_syncs_validation_and_writes_once(tmp_path):
     data = make_tree(tmp_path / "data", 10, 4)
     result = run_script(
@@ -112,3 +118,19 @@ def test_ddp_on_cpu_syncs_validation_and_writes_once(tmp_path):
         logits = module(x)
     assert math.isclose(float(history["val_loss"]), float(F.binary_cross_entropy_with_logits(logits, y)), rel_tol=1e-4)
     assert math.isclose(float(history["val_acc"]), float(((logits > 0).float() == y).float().mean()), rel_tol=1e-6)
+
+
+def test_the_summary_lists_jobs_in_numeric_order(tmp_path):
+    """Job 10 comes after job 9, not after job 1 (catdog.files.natural_key, also the order of a Keras layer's
+    variables); folders that are not numbers come last."""
+    for job in [*map(str, range(12)), "extra"]:
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- model.lr={job}\n")
+    (tmp_path / "3" / "metrics.json").write_text('{"status": "completed", "best_val_acc": 0.5}')
+    write_summary(tmp_path)
+    rows = summary_rows(tmp_path)
+    assert [r["job"] for r in rows] == [*map(str, range(12)), "extra"]
+    assert rows[3]["status"] == "completed" and rows[3]["overrides"] == "model.lr=3"
+    assert rows[4]["status"] == "failed or running"
+    assert sorted(["job10", "job9", "job1", "a"], key=natural_key) == ["a", "job1", "job9", "job10"]
+    assert sorted(["10", "9", "x", "1"], key=natural_key) == ["1", "9", "10", "x"]

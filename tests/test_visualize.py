@@ -11,11 +11,27 @@ from PIL import Image
 from torch import nn
 
 from catdog.model import CatDogCNN
-from catdog.views.filters import filter_patterns
 from catdog.views.gradcam import gradcam
+from catdog.visualize import main as visualize
 from tests.conftest import REPO, jpeg_bytes, run_script
+from tests.test_explorer import page_data
 
 LAYERS = ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "conv4", "pool4"]
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    """``catdog-visualize args`` in this process: exit code, stdout, stderr."""
+    code = visualize(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(capsys, *args: str) -> str:
+    code, _, err = run(capsys, *args)
+    assert code == 2, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err
+    return lines[0]
 
 
 def one_line_error(result) -> str:
@@ -32,18 +48,20 @@ def picture(tmp_path) -> Path:
     return path
 
 
-def test_visualize_end_to_end_with_a_trained_checkpoint(trained_run, picture, tmp_path):
+def test_visualize_end_to_end_with_a_trained_checkpoint(trained_run, picture, tmp_path, capsys):
     ckpt = next((trained_run / "checkpoints").glob("best-*.ckpt"))
     out = tmp_path / "viz"
-    result = run_script(
-        "visualize.py", f"image={picture}", f"ckpt={ckpt}", f"out_dir={out}", "gradcam=true", "channel=31", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    label, probability = result.stdout.splitlines()[1].split()
+    code, stdout, err = run(
+        capsys, f"image={picture}", f"ckpt={ckpt}", f"out_dir={out}", "gradcam=true", "channel=31",
+        "ablate=[conv3:17,conv4:5]",
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    label, probability = stdout.splitlines()[1].split()
     assert label in ("cat", "dog") and 0.5 <= float(probability) <= 1
+    assert "with conv3:17, conv4:5 off: p(dog) " in stdout
 
     files = {p.name for p in out.iterdir()}
-    expected = {"input.png", "overview.png", "activations.npz", "manifest.json", "gradcam.png"}
+    expected = {"input.png", "overview.png", "activations.npz", "manifest.json", "gradcam.png", "index.html"}
     expected |= {f"{n}.png" for n in LAYERS} | {f"{n}_channel31.png" for n in LAYERS}
     assert expected <= files
 
@@ -54,17 +72,23 @@ def test_visualize_end_to_end_with_a_trained_checkpoint(trained_run, picture, tm
     assert manifest["layers"]["pool4"]["shape"] == [128, 7, 7]
 
     # the saved arrays are what the network computes from the saved input (npz round trip, same preprocessing)
+    from catdog.views.trace import trace
     from catdog.weights import load_weights
 
     model = load_weights(ckpt).model()
-
     x = torch.from_numpy(np.asarray(Image.open(out / "input.png"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
     with torch.no_grad():
         np.testing.assert_allclose(model.conv1(x).numpy(), arrays["conv1"], rtol=1e-5, atol=1e-6)
     assert manifest["layers"]["conv1"]["dead_channels"] == int((arrays["conv1"][0].reshape(32, -1).std(1) == 0).sum())
+    switched = trace(model, x, off={"conv3": [17], "conv4": [5]})  # what the page and the manifest report
+    assert manifest["ablation"]["off"] == {"conv3": [17], "conv4": [5]}
+    assert manifest["ablation"]["p_dog_after"] == pytest.approx(switched.prediction["p_dog"], abs=1e-6)
+    assert manifest["ablation"]["p_dog_before"] == manifest["prediction"]["p_dog"]
+    page = page_data(out / "index.html")
+    assert [i["name"] for i in page["images"]] == [picture.name] and page["off"] == {"conv3": [17], "conv4": [5]}
 
 
-def test_latest_checkpoint_folder_of_images_and_compare_pages(trained_run, tmp_path):
+def test_latest_checkpoint_folder_of_images_one_page_and_compare_pages(trained_run, tmp_path, capsys, monkeypatch):
     (tmp_path / "outputs" / "run" / "checkpoints").mkdir(parents=True)
     best = next((trained_run / "checkpoints").glob("best-*.ckpt"))
     (tmp_path / "outputs" / "run" / "checkpoints" / best.name).write_bytes(best.read_bytes())
@@ -74,61 +98,50 @@ def test_latest_checkpoint_folder_of_images_and_compare_pages(trained_run, tmp_p
         (folder / f"p{i}.jpg").write_bytes(jpeg_bytes(i))
     (folder / ".DS_Store").write_bytes(b"junk")
     (folder / "zz_broken.jpg").write_bytes(b"")  # one bad file does not stop the others
-    result = run_script(
-        "visualize.py", f"image={folder}", "out_dir=out", "layers=[conv1,pool*]", "norm=layer", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "skipped: cannot read image" in result.stdout and "(1 of 4 images skipped)" in result.stdout
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run(capsys, f"image={folder}", "out_dir=out", "layers=[conv1,pool*]", "norm=layer")
+    assert code == 0, err[-3000:]
+    assert "skipped: cannot read image" in stdout and "(1 of 4 images skipped)" in stdout
     out = tmp_path / "out"
     assert {p.name for p in out.iterdir() if p.is_dir()} == {"p0", "p1", "p2"}
     assert {p.name for p in out.glob("compare_*.png")} == {
         f"compare_{n}.png" for n in ("conv1", "pool1", "pool2", "pool3", "pool4")
     }
     assert list(np.load(out / "p0" / "activations.npz")) == ["conv1", "pool1", "pool2", "pool3", "pool4"]
+    assert not list(out.glob("*/index.html"))  # one page holds every picture, their network inputs lossless
+    assert [i["name"] for i in page_data(out / "index.html")["images"]] == ["p0.jpg", "p1.jpg", "p2.jpg"]
 
 
-def test_untrained_network_says_so_and_filters_mode(tmp_path, picture):
-    result = run_script("visualize.py", f"image={picture}", "ckpt=none", "out_dir=o", cwd=tmp_path)
-    assert result.returncode == 0 and "untrained" in result.stdout
-    result = run_script(
-        "visualize.py",
-        "image=x",
-        "ckpt=none",
-        "mode=filters",
-        "layer=conv1",
-        "filters.size=24",
-        "filters.steps=3",
-        "out_dir=f",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_untrained_network_says_so_and_filters_mode(tmp_path, picture, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the patterns' cache: this test's own
+    code, stdout, _ = run(capsys, f"image={picture}", "ckpt=none", "out_dir=o")
+    assert code == 0 and "untrained" in stdout
+    code, _, err = run(capsys, "ckpt=none", "mode=filters", "layer=conv1", "filters.steps=3", "out_dir=f")
+    assert code == 0, err[-2000:]
     assert (tmp_path / "f" / "filters_conv1.png").exists()
 
 
-def test_user_errors_are_one_line(tmp_path, picture):
-    assert "not found" in one_line_error(run_script("visualize.py", "image=nope.jpg", "ckpt=none", cwd=tmp_path))
+def test_user_errors_are_one_line(tmp_path, picture, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "not found" in one_line(capsys, "image=nope.jpg", "ckpt=none")
     debug = run_script("visualize.py", "image=nope.jpg", "ckpt=none", "debug=true", cwd=tmp_path)
     assert debug.returncode != 0 and "Traceback" in debug.stderr  # the full story when asked for
-    fallback = run_script("visualize.py", f"image={picture}", f"out_dir={tmp_path / 'shipped'}", cwd=tmp_path)
-    assert fallback.returncode == 0 and "weights: pretrained (no trained run under outputs/ or multirun/)" in (
-        fallback.stdout
-    )  # no run yet: the shipped weights, and it says so (test_weights.py covers a missing file)
-    assert "norm must be" in one_line_error(
-        run_script("visualize.py", f"image={picture}", "ckpt=none", "norm=global", cwd=tmp_path)
-    )
-    assert "conv9" in one_line_error(
-        run_script("visualize.py", f"image={picture}", "ckpt=none", "layers=[conv9]", cwd=tmp_path)
-    )
+    code, stdout, _ = run(capsys, f"image={picture}", f"out_dir={tmp_path / 'shipped'}")
+    assert code == 0 and "weights: pretrained (no trained run under outputs/ or multirun/)" in stdout
+    # no run yet: the shipped weights, and it says so (test_weights.py covers a missing file)
+    assert "norm must be" in one_line(capsys, f"image={picture}", "ckpt=none", "norm=global")
+    assert "conv9" in one_line(capsys, f"image={picture}", "ckpt=none", "layers=[conv9]")
+    assert "gradcam_layer" in one_line(capsys, f"image={picture}", "ckpt=none", "gradcam_layer=fc1")
+    assert "channel=40 is out of range" in one_line(capsys, f"image={picture}", "ckpt=none", "channel=40")
+    assert "ablate: conv3:400" in one_line(capsys, f"image={picture}", "ckpt=none", "ablate=[conv3:400]")
+    assert "is not layer:channel" in one_line(capsys, f"image={picture}", "ckpt=none", "ablate=[conv3]")
     (tmp_path / "empty").mkdir()
-    assert "no images" in one_line_error(run_script("visualize.py", "image=empty", "ckpt=none", cwd=tmp_path))
+    assert "no images" in one_line(capsys, "image=empty", "ckpt=none")
     (tmp_path / "notes.jpg").write_text("not a picture")
-    assert "cannot read image" in one_line_error(
-        run_script("visualize.py", "image=notes.jpg", "ckpt=none", cwd=tmp_path)
-    )
+    assert "cannot read image" in one_line(capsys, "image=notes.jpg", "ckpt=none")
     (tmp_path / "bad.ckpt").write_bytes(b"garbage")
-    assert "cannot read checkpoint" in one_line_error(
-        run_script("visualize.py", f"image={picture}", "ckpt=bad.ckpt", cwd=tmp_path)
-    )
+    assert "cannot read checkpoint" in one_line(capsys, f"image={picture}", "ckpt=bad.ckpt")
 
 
 def test_gradcam_signs_on_a_hand_built_model():
@@ -153,21 +166,6 @@ def test_gradcam_signs_on_a_hand_built_model():
     maps = gradcam(net, x, "conv")
     assert torch.all(maps["cat"] == 0) and not torch.isnan(maps["dog"]).any()
     assert all(not m._forward_hooks for m in net.modules())
-
-
-def test_filter_patterns_excite_their_channel():
-    torch.manual_seed(0)
-    model = CatDogCNN()
-    patterns = filter_patterns(model, "conv1", size=24, steps=10, step_size=0.05)
-    assert patterns.shape == (32, 24, 24, 3) and 0 <= patterns.min() and patterns.max() <= 1
-    grey = torch.full((1, 3, 24, 24), 0.5)
-    with torch.no_grad():
-        before = torch.nn.functional.conv2d(grey, model.conv1.weight, model.conv1.bias).mean(dim=(2, 3))[0]
-        x = patterns.permute(0, 3, 1, 2)
-        after = torch.nn.functional.conv2d(x, model.conv1.weight, model.conv1.bias).mean(dim=(2, 3)).diagonal()
-    assert (after > before).float().mean() > 0.9
-    with pytest.raises(KeyError):
-        filter_patterns(model, "pool1")
 
 
 class RunsCode:
@@ -213,15 +211,15 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
 
     from catdog import CatDogError
     from catdog.prepare import decodes
-    from catdog.preprocess import Preprocessing
     from catdog.views.activations import Figures, visualize_image
+    from catdog.weights import untrained
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 40x30 picture now counts as a bomb
     path = tmp_path / "bomb.jpg"
     path.write_bytes(jpeg_bytes(1))
     assert decodes(path.read_bytes()).startswith("refused, too many pixels")
     with pytest.raises(CatDogError, match="too many pixels"):
-        visualize_image(CatDogCNN(), path, tmp_path / "out", Preprocessing(), Figures(), "none")
+        visualize_image(CatDogCNN(), path, tmp_path / "out", untrained(), Figures())
 
 
 def test_compare_models_prints_silent_channels_and_draws_both_models(trained_run, tmp_path):
