@@ -65,8 +65,9 @@ def main() -> None:
                 wait_ready(page)
                 opened.append(time.perf_counter() - start)
                 if args.screenshot and len(opened) == 1:
-                    page.click(".tile[data-layer='conv3'][data-channel='17']")
-                    page.wait_for_selector("#detail[data-ready='conv3/17']")
+                    page.click(".tile[data-layer='conv2'][data-channel='14']")
+                    page.wait_for_selector("#detail[data-ready='conv2/14']")
+                    page.evaluate("window.scrollTo(0, 0)")
                     page.screenshot(path=str(args.screenshot), full_page=False)
                 page.close()
             page = browser.new_page(viewport={"width": 1400, "height": 1000})

@@ -18,9 +18,9 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,22 +125,21 @@ def page_figures(html: Path, screenshot: Path | None = None) -> dict:
     return {"bytes": html.stat().st_size, "ready_ms": sorted(times)[1], "requests": len(requests) - 1}
 
 
-def command(folder: Path, ckpt: str, layer: str, out_dir: Path) -> tuple[float, float, str]:
+def command(folder: Path, ckpt: str, layer: str, out_dir: Path) -> tuple[float, float, float, str]:
     """``python -m catdog.projector`` end to end, as a user runs it: wall seconds, CPU seconds (its own and its
-    loader workers') and what it printed."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "catdog.projector", f"ckpt={ckpt}", f"data.root={folder.parent}",
-         f"split={folder.name}", f"layer={layer}", f"out_dir={out_dir}"],
-        cwd=REPO, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if out.returncode:
-        sys.exit(out.stderr[-2000:])
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return wall, cpu, out.stdout
+    loader workers'), its own peak memory in bytes, and what it printed."""
+    args = [sys.executable, "-m", "catdog.projector", f"ckpt={ckpt}", f"data.root={folder.parent}",
+            f"split={folder.name}", f"layer={layer}", f"out_dir={out_dir}"]  # fmt: skip
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        process = subprocess.Popen(args, cwd=REPO, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)  # its rusage: itself and the workers it waited for
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status):
+            sys.exit(err.read()[-2000:])
+        return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, out.read()
 
 
 def main() -> None:
@@ -188,9 +187,10 @@ def main() -> None:
         print(f"\nload average {os.getloadavg()[0]:.2f}")
     out_dir = REPO / "outputs" / "bench" / "projector"
     if not args.no_command:
-        wall, cpu, printed = command(folder, args.ckpt, args.layer, out_dir)
-        print(f"\npython -m catdog.projector: {wall:.1f} s wall, {cpu:.1f} s CPU (with its loader workers); load "
-              f"average {os.getloadavg()[0]:.2f} after it. It printed:\n{printed.rstrip()}")  # fmt: skip
+        wall, cpu, peak, printed = command(folder, args.ckpt, args.layer, out_dir)
+        print(f"\npython -m catdog.projector: {wall:.1f} s wall, {cpu:.1f} s CPU (with its loader workers), peak "
+              f"memory {peak / 1e9:.2f} GB; load average {os.getloadavg()[0]:.2f} after it. It printed:\n"
+              f"{printed.rstrip()}")  # fmt: skip
     html = out_dir / "projector.html"
     if html.is_file():
         p = page_figures(html, args.screenshot)

@@ -23,7 +23,7 @@ from catdog.hooks import ActivationRecorder
 from catdog.model import pick_device
 from catdog.preprocess import collate_readable, default_workers, scaled
 from catdog.views.channel_atlas import AtlasBuilder, fingerprint, load_atlas, write_atlas
-from catdog.views.explorer import pattern_sprites
+from catdog.views.explorer import explorer_data, known_patterns, pattern_sprites, write_explorer
 from catdog.views.filters import CLASS_LAYER, cache_dir, cached_patterns
 from catdog.weights import load_weights, newest, weights_sha256
 
@@ -172,12 +172,16 @@ def atlas(cfg: DictConfig) -> Path:
             atlas["layers"][name]["patterns"] = sprite
         clock["feature visualisations"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    json_path, html_path = write_atlas(out_dir, atlas)
+    # a crop links to its picture in the explorer of these weights, beside the atlas (it opens the picture once
+    # the user opens the data folder there: a page from disk cannot read the user's files by itself)
+    json_path, html_path = write_atlas(out_dir, atlas, links={"explorer": "explorer.html"})
+    explorer = explorer_data(model, preprocessing, "catdog explorer", weights.source, **known_patterns(model))
+    write_explorer(out_dir / "explorer.html", explorer)
     clock["writing"] = time.perf_counter() - mark
     skipped = f" ({bad} unreadable files skipped)" if bad else ""
     parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in clock.items())
     print(f"{atlas['images']} images in {time.perf_counter() - start:.1f} s{skipped} ({parts}; {threads} threads)")
-    print(f"wrote {html_path} and {json_path}")
+    print(f"wrote {html_path}, {json_path} and {out_dir / 'explorer.html'}")
     return out_dir
 
 

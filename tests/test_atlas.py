@@ -9,7 +9,7 @@ from torch import nn
 from catdog import CatDogError
 from catdog.views.channel_atlas import AtlasBuilder, build_atlas, load_atlas, write_atlas
 from catdog.views.receptive import receptive_fields
-from tests.conftest import make_tree, run_script
+from tests.conftest import make_tree
 from tests.test_explorer import page_data
 
 
@@ -155,13 +155,6 @@ def test_load_atlas_refuses_other_weights(tmp_path):
         load_atlas(tmp_path / "nope.json")
 
 
-def one_line_error(result) -> str:
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error:") and "Traceback" not in result.stderr
-    return lines[-1]
-
-
 def test_atlas_settings_share_their_names_with_the_other_commands(tmp_path, capsys):
     """The batch is data.batch_size, as for training, evaluate and predict; bad values are one line."""
     from catdog.atlas import main
@@ -181,29 +174,33 @@ def test_atlas_settings_share_their_names_with_the_other_commands(tmp_path, caps
     assert load_atlas(tmp_path / "a")["images"] == 6
 
 
-@pytest.mark.slow
-def test_atlas_command_line(tmp_path, cache):
+@pytest.mark.slow  # the feature visualisations of conv1 and conv2 (patterns=only) take most of its time
+def test_atlas_command_line(tmp_path, cache, capsys, monkeypatch):
+    from catdog.atlas import main
+    from catdog.visualize import main as visualize
+
+    def one_line_error(*args: str) -> str:
+        assert main(list(args)) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith("error:") and "Traceback" not in "".join(lines)
+        return lines[-1]
+
+    monkeypatch.chdir(tmp_path)
     data = make_tree(tmp_path / "data", 1, 4)
     (data / "test" / "dogs" / "broken.jpg").write_bytes(b"not a picture")
-    result = run_script(
-        "catdog.atlas", "ckpt=none", f"data.root={data}", "k=2", "out_dir=a", "patterns=false", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "8 images" in result.stdout and "1 unreadable files skipped" in result.stdout
+    assert main(["ckpt=none", f"data.root={data}", "k=2", "out_dir=a", "patterns=false"]) == 0
+    out = capsys.readouterr().out
+    assert "8 images" in out and "1 unreadable files skipped" in out
     atlas = load_atlas(tmp_path / "a")
     assert atlas["class_counts"] == {"cats": 4, "dogs": 4} and list(atlas["layers"])[-1] == "pool4"
     assert (tmp_path / "a" / "atlas.html").is_file()
     assert not any("patterns" in layer for layer in atlas["layers"].values()) and not (cache / "catdog").exists()
     # the documented path to feature visualisations: patterns=only fills the cache (no data needed), and a page of
     # these weights then shows those conv channels' patterns next to the atlas's crops
-    result = run_script(
-        "catdog.atlas", "ckpt=none", "patterns=only", "layers=[conv1,conv2]", "data.root=nowhere", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "feature visualisations of 96 channels in 2 conv layers and of the 2 classes" in result.stdout
+    assert main(["ckpt=none", "patterns=only", "layers=[conv1,conv2]", "data.root=nowhere"]) == 0
+    assert "feature visualisations of 96 channels in 2 conv layers and of the 2 classes" in capsys.readouterr().out
     image = data / "test" / "dogs" / "dog.0.jpg"
-    result = run_script("visualize.py", f"image={image}", "ckpt=none", "atlas=a", "out_dir=v", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert visualize([f"image={image}", "ckpt=none", "atlas=a", "out_dir=v"]) == 0
     page = page_data(tmp_path / "v" / "index.html")
     assert list(page["patterns"]) == ["conv1", "conv2"] and page["patterns"]["conv2"]["size"] == [8, 8]
     assert page["class_patterns"] and "mode=filters" in page["patterns_help"]  # conv3 and conv4: not at hand
@@ -212,14 +209,8 @@ def test_atlas_command_line(tmp_path, cache):
     os.umask(umask)
     for written in (tmp_path / "v" / "index.html", tmp_path / "a" / "atlas.json"):  # as open() makes a file
         assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask
-    assert "no layer matches 'conv9'" in one_line_error(
-        run_script("catdog.atlas", "ckpt=none", f"data.root={data}", "layers=[conv9]", cwd=tmp_path)
-    )
+    assert "no layer matches 'conv9'" in one_line_error("ckpt=none", f"data.root={data}", "layers=[conv9]")
     for f in (data / "test" / "cats").iterdir():
         f.unlink()
-    assert "holds no images" in one_line_error(
-        run_script("catdog.atlas", "ckpt=none", f"data.root={data}", cwd=tmp_path)
-    )
-    assert "Could not override" in one_line_error(
-        run_script("catdog.atlas", "ckpt=none", f"data.root={data}", "kk=3", cwd=tmp_path)
-    )
+    assert "holds no images" in one_line_error("ckpt=none", f"data.root={data}")
+    assert "Could not override" in one_line_error("ckpt=none", f"data.root={data}", "kk=3")

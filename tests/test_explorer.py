@@ -148,3 +148,11 @@ def test_switched_off_channels_are_zero_and_change_what_follows():
     with pytest.raises(KeyError, match="fc9"):
         trace(model, x, off={"fc9": [1]})
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_a_page_names_where_its_weights_came_from_without_this_machines_folders(tmp_path):
+    model = small_catdog()
+    source = "pretrained (no trained run under outputs/): /home/someone/catdog/pretrained/catdog_cnn.safetensors"
+    path = write_explorer(tmp_path / "p.html", explorer_data(model, Preprocessing(image_size=(64, 64)), "t", source))
+    assert page_data(path)["source"] == "pretrained (no trained run under outputs/): catdog_cnn.safetensors"
+    assert "/home/someone" not in path.read_text()

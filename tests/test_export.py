@@ -1,12 +1,10 @@
-"""``python -m catdog.export``: the ONNX model gives PyTorch's outputs under onnxruntime on real JPEGs, at any batch
-size, with the recorded activations as extra outputs and the preprocessing in its metadata; the safetensors branch
-round-trips; the command's errors are one line and exit code 2."""
+"""``catdog-export`` (run in this process: ``catdog.export.main``): the ONNX model gives PyTorch's outputs under
+onnxruntime on real JPEGs, at any batch size, with the recorded activations as extra outputs and the preprocessing in
+its metadata; the safetensors branch round-trips; the command's errors are one line and exit code 2."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +45,6 @@ def random_weights(seed: int = 0) -> Weights:
             if name.endswith("bias"):
                 p.normal_(0, 0.05)
     return Weights(model.state_dict(), Preprocessing(), source="random weights for a test")
-
-
-def run_export(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "catdog.export", *overrides], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +147,12 @@ def test_safetensors_export_round_trips(tmp_path):
         assert torch.equal(back.state_dict[key], value)
 
 
-def test_export_command_writes_a_model_that_runs(tmp_path, images):
+def test_export_command_writes_a_model_that_runs(tmp_path, images, monkeypatch, capsys):
     weights = random_weights(3)
     export_safetensors(weights, tmp_path / "trained.safetensors")
-    result = run_export("ckpt=trained.safetensors", "out=model.onnx", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "onnxruntime: logits within" in result.stdout
+    monkeypatch.chdir(tmp_path)
+    assert main(["ckpt=trained.safetensors", "out=model.onnx"]) == 0, capsys.readouterr().err[-2000:]
+    assert "onnxruntime: logits within" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "trained.safetensors"]  # no Hydra leftovers
     (logit,) = session(tmp_path / "model.onnx").run(None, {"image": images.numpy()})
     with torch.no_grad():

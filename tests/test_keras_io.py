@@ -160,17 +160,16 @@ def test_truncated_keras_file_is_refused_in_one_line(keras_dir, tmp_path):
 
 
 def test_export_command_takes_a_keras_file_and_refuses_a_wrong_one(keras_dir, tmp_path, monkeypatch, capsys):
-    """End to end: ``python -m catdog.export ckpt=seed.keras`` gives an ONNX model whose output is Keras's."""
+    """End to end: ``catdog-export ckpt=seed.keras`` gives an ONNX model whose output is Keras's."""
     ort = pytest.importorskip("onnxruntime")
-    command = [sys.executable, "-m", "catdog.export", f"ckpt={keras_dir / 'seed.keras'}", "out=seed.onnx"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    assert export_main([f"ckpt={keras_dir / 'seed.keras'}", "out=seed.onnx"]) == 0, capsys.readouterr().err[-2000:]
+    capsys.readouterr()
     keras_out = np.load(keras_dir / "seed.npz")
     session = ort.InferenceSession(str(tmp_path / "seed.onnx"), providers=["CPUExecutionProvider"])
     (logit,) = session.run(None, {"image": keras_out["x"].transpose(0, 3, 1, 2).copy()})
     np.testing.assert_allclose(torch.sigmoid(torch.from_numpy(logit)).numpy(), keras_out["y"], rtol=0, atol=1e-6)
 
-    monkeypatch.chdir(tmp_path)
     wrong = keras_dir / "wide_conv.keras"
     assert export_main([f"ckpt={wrong}", "out=wide.onnx"]) == 2
     assert capsys.readouterr().err == f"error: {wrong}: layer conv2d has 64 filters, the seed's has 32\n"
@@ -301,17 +300,19 @@ if __name__ == "__main__":
     make_keras_files(Path(sys.argv[1]))
 
 
-def test_the_explorer_page_of_the_keras_seed_runs_it_as_keras(keras_dir, tmp_path, monkeypatch):
-    """format=html of the seed's .keras file: in the page (headless Chromium), the network gives Keras's output on the
-    same inputs, and the page resizes as the seed does (nearest)."""
+@pytest.mark.parametrize("name", ["seed.keras", "dropout.h5"])
+def test_the_explorer_page_of_the_keras_seed_runs_it_as_keras(keras_dir, tmp_path, monkeypatch, name):
+    """format=html of the seed's .keras file (and of the book's dropout model saved as .h5): in the page (headless
+    Chromium), the network gives Keras's output on the same inputs, and the page resizes as the seed does
+    (nearest)."""
     from tests.test_page import CHROMIUM, Opened
 
     if not CHROMIUM.exists():
         pytest.skip("needs the system Chromium (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api")
     monkeypatch.chdir(tmp_path)
-    assert export_main([f"ckpt={keras_dir / 'seed.keras'}", "format=html", "out=seed.html"]) == 0
-    keras_out = np.load(keras_dir / "seed.npz")
+    assert export_main([f"ckpt={keras_dir / name}", "format=html", "out=seed.html"]) == 0
+    keras_out = np.load(keras_dir / f"{Path(name).stem}.npz")
     pixels = np.round(keras_out["x"] * 255).astype(np.uint8)  # the inputs were pictures scaled by 1/255
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])

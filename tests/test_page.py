@@ -362,3 +362,33 @@ def test_links_keys_and_the_channel_detail(browser, shipped):
     page.check("input[name=view][value=change]")
     assert opened.errors == []
     page.close()
+
+
+def test_the_page_shows_the_attributions_python_made_for_its_pictures(browser, shipped, tmp_path):
+    weights, model = shipped["weights"], shipped["model"]
+    pixels = np.asarray(weights.preprocessing.image(SAMPLES / "dog.jpg"))
+    maps = {"gradcam": {"dog": np.full((150, 150), 200, np.uint8), "cat": np.zeros((150, 150), np.uint8)}}
+    data = explorer_data(model, weights.preprocessing, "a", "", [PageImage("dog.jpg", pixels, maps)])
+    opened = Opened(browser, write_explorer(tmp_path / "a.html", data))
+    assert opened.page.locator("#attributions img").count() == 2
+    assert opened.page.get_attribute("#attributions img", "alt") == "gradcam dog"
+    assert opened.errors == []
+    opened.page.close()
+
+
+def test_a_link_to_a_picture_opens_it_from_the_folder_the_user_opens(browser, shipped, tmp_path):
+    """An atlas crop or a projector point links to ``explorer.html#image=cats/c.jpg``: the page asks for the folder
+    (a page opened from disk cannot read the user's files by itself), then shows that picture."""
+    folder = tmp_path / "test"
+    for label, name in (("cats", "a.jpg"), ("cats", "c.jpg"), ("dogs", "d.jpg")):
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        (folder / label / name).write_bytes((SAMPLES / ("cat.jpg" if label == "cats" else "dog.jpg")).read_bytes())
+    opened = Opened(browser, shipped["path"], "#image=cats%2Fc.jpg")
+    page = opened.page
+    assert "cats/c.jpg: open the folder that holds it" in page.text_content("#status")
+    page.set_input_files("#pick-folder", str(folder))
+    page.wait_for_selector("#status:has-text('c.jpg: cat')")
+    assert page.evaluate("window.catdog.entries()") == ["test/cats/a.jpg", "test/cats/c.jpg", "test/dogs/d.jpg"]
+    assert page.locator("#strip button.sel").get_attribute("title") == "test/cats/c.jpg"
+    assert opened.errors == []
+    page.close()

@@ -9,7 +9,7 @@ import catdog.weights as weights_module
 from catdog.model import CatDogCNN
 from catdog.module import CatDogModule
 from catdog.weights import Weights, save_weights
-from tests.conftest import REPO, make_tree, run_script
+from tests.conftest import REPO, make_tree, train
 
 
 @pytest.fixture
@@ -44,16 +44,14 @@ def test_torch_hub_loads_the_model_from_a_checkout(shipped, tmp_path):
     sys.modules.pop("hubconf", None)
 
 
-def test_train_follows_the_image_size_and_refuses_one_too_small(tmp_path):
-    data = make_tree(tmp_path / "data", 10, 4)
+def test_train_follows_the_image_size_and_refuses_one_too_small(tmp_path, capsys):
+    data = make_tree(tmp_path / "data", 4, 2)
     common = [f"data.root={data}", "trainer.max_epochs=1", "callbacks.snapshots=null", "data.num_workers=0"]
-    result = run_script(
-        "train.py", *common, "data.image_size=[96,80]", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "Total params: 1,028,289" in result.stdout  # fc1 takes 128 x 4 x 3
-    result = run_script(
-        "train.py", *common, "data.image_size=[40,40]", f"hydra.run.dir={tmp_path / 'r2'}", cwd=tmp_path
-    )
-    assert result.returncode == 2 and result.stderr.strip().startswith("error: data.image_size: image size [40, 40]")
-    assert "Traceback" not in result.stderr
+    common.append("test=false")
+    assert train(*common, "data.image_size=[96,80]", f"hydra.run.dir={tmp_path / 'run'}") == 0
+    assert "Total params: 1,028,289" in capsys.readouterr().out  # fc1 takes 128 x 4 x 3
+    trained = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert trained["state_dict"]["model.fc1.weight"].shape == (512, 128 * 4 * 3) and trained["global_step"] == 1
+    assert train(*common, "data.image_size=[40,40]", f"hydra.run.dir={tmp_path / 'r2'}") == 2
+    err = capsys.readouterr().err
+    assert err.strip().startswith("error: data.image_size: image size [40, 40]") and "Traceback" not in err

@@ -1,4 +1,5 @@
-"""Hydra multirun sweeps, Optuna search, launcher configs and DDP on the CPU."""
+"""Hydra multirun sweeps, Optuna search, launcher configs and DDP on the CPU. Sweeps run in this process
+(``catdog.train.main(["-m", ...])``); DDP starts its own processes, so that run is a script's."""
 
 import csv
 import math
@@ -11,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from catdog.cli import CONF_DIR
 from catdog.files import natural_key
 from catdog.sweep import write_summary
-from tests.conftest import make_tree, run_script
+from tests.conftest import make_tree, run_script, train
 
-FAST = ["trainer.max_epochs=1", "data.num_workers=0", "callbacks.snapshots=null"]
+FAST = ["trainer.max_epochs=1", "data.num_workers=0", "callbacks.snapshots=null", "data.image_size=[46,46]"]
 
 
 def summary_rows(sweep_dir):
@@ -22,19 +23,11 @@ def summary_rows(sweep_dir):
 
 
 @pytest.mark.slow
-def test_two_by_two_sweep_with_a_failing_job_writes_a_summary(tmp_path):
+def test_two_by_two_sweep_with_a_failing_job_writes_a_summary(tmp_path, capsys):
     data = make_tree(tmp_path / "data", 10, 4)
-    result = run_script(
-        "train.py",
-        "-m",
-        f"data.root={data}",
-        "model.lr=1e-3,1e30",
-        "data.batch_size=8,1000",
-        "hydra.sweep.dir=sweep",
-        *FAST,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = ["-m", f"data.root={data}", "model.lr=1e-3,1e30", "data.batch_size=8,1000"]
+    assert train(*args, f"hydra.sweep.dir={tmp_path / 'sweep'}", *FAST) == 0
+    assert "error: the training loss is nan" in capsys.readouterr().err
     rows = summary_rows(tmp_path / "sweep")
     assert [r["job"] for r in rows] == ["0", "1", "2", "3"]
     assert all((tmp_path / "sweep" / r["job"] / "metrics.json").exists() for r in rows)
@@ -51,17 +44,8 @@ def test_two_by_two_sweep_with_a_failing_job_writes_a_summary(tmp_path):
 @pytest.mark.slow
 def test_optuna_search_runs_two_trials(tmp_path):
     data = make_tree(tmp_path / "data", 10, 4)
-    result = run_script(
-        "train.py",
-        "-m",
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
-        f"data.root={data}",
-        "hydra.sweep.dir=search",
-        *FAST,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", f"data.root={data}"]
+    assert train(*args, f"hydra.sweep.dir={tmp_path / 'search'}", *FAST) == 0
     rows = summary_rows(tmp_path / "search")
     assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
     assert all("model.lr=" in r["overrides"] and "data.augment.rotation=" in r["overrides"] for r in rows)
@@ -88,7 +72,7 @@ def test_launcher_and_trainer_configs_compose():
 @pytest.mark.slow
 def test_ddp_on_cpu_syncs_validation_and_writes_once(tmp_path):
     data = make_tree(tmp_path / "data", 10, 4)
-    result = run_script(
+    result = run_script(  # Lightning's DDP starts the second process by running the command line again
         "train.py",
         "trainer=ddp",
         "trainer.accelerator=cpu",

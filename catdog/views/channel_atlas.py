@@ -26,7 +26,7 @@ from torch import nn
 from catdog import CLASSES, CatDogError
 from catdog.files import write_text
 from catdog.hooks import ActivationRecorder
-from catdog.views.pages import data_uri, render_page, sprite_sheet
+from catdog.views.pages import data_uri, render_page, shareable, sprite_sheet
 from catdog.views.receptive import receptive_fields
 
 FORMAT = "catdog-atlas/1"
@@ -276,8 +276,8 @@ def write_atlas(out_dir: str | os.PathLike, atlas: dict, links: dict | None = No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = write_text(out / "atlas.json", json.dumps(atlas, separators=(",", ":")) + "\n")
-    title = f"atlas: {atlas['images']} images of {atlas['data']}"
-    data = {"title": title, "source": atlas["source"], "layers": atlas["layers"], "links": links or {}}
+    title = f"atlas: {atlas['images']} images of {shareable(atlas['data'])}"  # no folders of this machine
+    data = {"title": title, "source": shareable(atlas["source"]), "layers": atlas["layers"], "links": links or {}}
     html_path = write_text(out / "atlas.html", render_page("atlas.html", data, title))
     return json_path, html_path
 

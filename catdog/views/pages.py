@@ -55,6 +55,12 @@ def viridis() -> list[int]:
     return colormap("viridis").reshape(-1).astype(int).tolist()
 
 
+def shareable(source: str) -> str:
+    """Where the weights came from, with each absolute path cut to its file name: a page is made to be passed on,
+    and the folders of the machine that wrote it are nobody else's business."""
+    return re.sub(r"(?<![^\s(])(?:[A-Za-z]:)?[\\/][^\s()]*[\\/]([^\\/\s()]+)", r"\1", source)
+
+
 def _asset(name: str, inline: bool = True) -> str:
     text = (WEB / name).read_text(encoding="utf-8")
     if inline and re.search(r"</(script|style)", text, re.IGNORECASE):  # would end the inline element early

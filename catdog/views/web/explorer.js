@@ -465,9 +465,10 @@ function isImageFile(f) { return /^image\//.test(f.type) || /\.(jpe?g|png|gif|bm
 async function addFiles(files, openFirst = true) {
   const list = [...files];
   if (!list.length) return;
-  const pictures = list.filter(isImageFile);
+  const path = f => f.webkitRelativePath || f.name;
+  const pictures = list.filter(isImageFile).sort((a, b) => path(a).localeCompare(path(b), undefined, {numeric: true}));
   if (!pictures.length) { status(`${list[0].name} is not an image; the previous picture stays`); return; }
-  const added = pictures.map(f => addEntry(f.webkitRelativePath || f.name, f));
+  const added = pictures.map(f => addEntry(path(f), f));
   if (openFirst) await open(added[0]).catch(() => {});
   const wanted = hashImage();
   if (wanted) { const e = entries.find(x => x.name === wanted || x.name.endsWith('/' + wanted)); if (e) await open(e); }
@@ -621,6 +622,9 @@ api.arrays = () => {
   const wanted = hashImage();
   const first = entries.find(x => x.name === wanted) || entries[0];
   if (first) await open(first).catch(() => {});
+  if (wanted && (!first || first.name !== wanted)) {
+    status(`${wanted}: open the folder that holds it (Open a folder) to see it here`);
+  }
   await select(...(linked || [0, 0]), false, Boolean(linked));
   api.ready = true;
 })().catch(err => status(err.message));
