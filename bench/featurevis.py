@@ -31,10 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from catdog.atlas import weights_fingerprint
 from catdog.views import filters
 from catdog.views.plots import beside, save_png, tile, tile_scale, with_title
-from catdog.weights import load_weights
+from catdog.weights import load_weights, weights_fingerprint
 
 DEAD = (220, 30, 30)
 

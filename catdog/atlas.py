@@ -9,6 +9,7 @@ data."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,20 +23,13 @@ from catdog.cli import run
 from catdog.hooks import ActivationRecorder
 from catdog.model import pick_device
 from catdog.preprocess import collate_readable, default_workers, scaled
-from catdog.views.channel_atlas import AtlasBuilder, fingerprint, load_atlas, write_atlas
+from catdog.projector import find_projector
+from catdog.views.channel_atlas import AtlasBuilder, load_atlas, write_atlas
 from catdog.views.explorer import explorer_data, known_patterns, pattern_sprites, write_explorer
 from catdog.views.filters import CLASS_LAYER, cache_dir, cached_patterns
-from catdog.weights import load_weights, newest, weights_sha256
+from catdog.weights import load_weights, run_folder, weights_fingerprint, weights_sha256
 
 ATLAS_FOLDER = Path("outputs") / "atlas"
-
-
-def run_folder(spec: str) -> Path | None:
-    """The train.py run a ``ckpt=`` setting points into (``<run>/checkpoints/*.ckpt``), or None."""
-    if spec in ("none", "pretrained"):
-        return None
-    path = newest("checkpoints/best-*.ckpt") if spec == "latest" else Path(spec).expanduser()
-    return path.parent.parent if path is not None and path.parent.name == "checkpoints" else None
 
 
 def default_out_dir(spec: str, fingerprint: str) -> Path:
@@ -68,11 +62,6 @@ def explorer_atlas(model: torch.nn.Module, preprocessing, ckpt: str, atlas: str 
         print(f"atlas: {found}")
         return load_atlas(found, expected=fp)
     return load_atlas(atlas, expected=fp)
-
-
-def weights_fingerprint(model: torch.nn.Module, preprocessing: dict | None) -> str:
-    """What an atlas is valid for: these weights (``catdog.weights.weights_sha256``) through this preprocessing."""
-    return fingerprint(weights_sha256(model.state_dict()), preprocessing)
 
 
 def feature_patterns(model: torch.nn.Module, layers) -> dict:
@@ -174,7 +163,11 @@ def atlas(cfg: DictConfig) -> Path:
     mark = time.perf_counter()
     # a crop links to its picture in the explorer of these weights, beside the atlas (it opens the picture once
     # the user opens the data folder there: a page from disk cannot read the user's files by itself)
-    json_path, html_path = write_atlas(out_dir, atlas, links={"explorer": "explorer.html"})
+    links = {"explorer": "explorer.html"}
+    projector = find_projector(str(cfg.ckpt), fp)
+    if projector is not None:  # a crop opens its place in the map of these weights
+        links["projector"] = Path(os.path.relpath(projector.with_name("projector.html"), out_dir.resolve())).as_posix()
+    json_path, html_path = write_atlas(out_dir, atlas, links=links)
     explorer = explorer_data(model, preprocessing, "catdog explorer", weights.source, **known_patterns(model))
     write_explorer(out_dir / "explorer.html", explorer)
     clock["writing"] = time.perf_counter() - mark

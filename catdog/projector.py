@@ -19,16 +19,31 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
 from catdog import CatDogError
+from catdog.allocator import reuse_freed_memory
+from catdog.cli import run
+from catdog.model import pick_device
+from catdog.preprocess import collate_readable, default_workers, scaled
+from catdog.views.explorer import explorer_data, known_patterns, write_explorer
+from catdog.views.projector import (
+    METHODS,
+    Embedder,
+    layout_2d,
+    load_projector,
+    projector_record,
+    require_library,
+    thumbnails,
+    write_projector,
+)
+from catdog.weights import load_weights, run_folder, weights_fingerprint
 
 PROJECTOR_FOLDER = Path("outputs") / "projector"
 
 
 def default_out_dir(spec: str, fingerprint: str) -> Path:
     """``<run>/projector`` beside a train.py checkpoint's run, else ``outputs/projector/<fingerprint>``."""
-    from catdog.atlas import run_folder
-
     run = run_folder(spec)
     return run / "projector" if run is not None else PROJECTOR_FOLDER / fingerprint[:16]
 
@@ -36,8 +51,6 @@ def default_out_dir(spec: str, fingerprint: str) -> Path:
 def find_projector(spec: str, fingerprint: str) -> Path | None:
     """A projector of these weights and preprocessing at hand (beside the checkpoint's run, else under
     outputs/projector/), for the explorer's link to an image's place in the map; None if there is none."""
-    from catdog.views.projector import load_projector
-
     candidates = [
         default_out_dir(spec, fingerprint) / "projector.json",
         *sorted(PROJECTOR_FOLDER.glob("*/projector.json")),
@@ -53,15 +66,13 @@ def find_projector(spec: str, fingerprint: str) -> Path | None:
 
 def check_settings(cfg: DictConfig) -> None:
     """Every setting the command reads, checked before anything is loaded; one line for the first bad one."""
-    from catdog.views.projector import METHODS, require_library
-
     if cfg.method not in METHODS:
         raise CatDogError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     require_library(cfg.method)
     if not isinstance(cfg.thumb, int) or not 8 <= cfg.thumb <= 128:
         raise CatDogError(f"thumb must be a whole number of pixels from 8 to 128, got {cfg.thumb!r}")
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-        raise CatDogError(f"batch_size must be a whole number of at least 1, got {cfg.batch_size!r}")
+    if not isinstance(cfg.data.batch_size, int) or cfg.data.batch_size < 1:
+        raise CatDogError(f"data.batch_size must be a whole number of at least 1, got {cfg.data.batch_size!r}")
     if cfg.threads is not None and (not isinstance(cfg.threads, int) or cfg.threads < 1):
         raise CatDogError(f"threads must be a whole number of at least 1, got {cfg.threads!r}")
     if cfg.metric not in ("cosine", "euclidean"):
@@ -71,15 +82,8 @@ def check_settings(cfg: DictConfig) -> None:
 def project(cfg: DictConfig) -> dict:
     """Embed, lay out, measure and write; returns the record written to ``projector.json`` (with ``out_dir`` and
     the seconds each stage took)."""
-    from torch.utils.data import DataLoader
-
-    from catdog.allocator import reuse_freed_memory
-    from catdog.atlas import weights_fingerprint
+    # catdog.data imports Lightning, twice torch's import time (python -X importtime): only where it is used
     from catdog.data import image_folder
-    from catdog.model import pick_device
-    from catdog.preprocess import collate_readable, default_workers, scaled
-    from catdog.views.projector import Embedder, layout_2d, projector_record, thumbnails, write_projector
-    from catdog.weights import load_weights
 
     start = time.perf_counter()
     check_settings(cfg)
@@ -109,7 +113,7 @@ def project(cfg: DictConfig) -> dict:
     workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
     loader = DataLoader(
         listing,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.data.batch_size,
         num_workers=workers,
         collate_fn=collate_readable,
         pin_memory=device.type == "cuda",
@@ -145,6 +149,9 @@ def project(cfg: DictConfig) -> dict:
     clock["figures"] = time.perf_counter() - mark
     mark = time.perf_counter()
     json_path, html_path = write_projector(out_dir, record, thumbs_, cfg.explorer)
+    if str(cfg.explorer).startswith("explorer.html"):  # the default link: the explorer of these weights, beside it
+        page = explorer_data(model, preprocessing, "catdog explorer", weights.source, **known_patterns(model))
+        write_explorer(out_dir / "explorer.html", page)
     clock["page"] = time.perf_counter() - mark
     clock["total"] = time.perf_counter() - start
     return {**record, "out_dir": str(out_dir), "seconds": clock, "threads": threads, "html": str(html_path),
@@ -177,8 +184,6 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from catdog.cli import run
-
     return run("projector", lambda cfg: print(report(project(cfg))), argv)
 
 

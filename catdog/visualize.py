@@ -5,16 +5,19 @@ the run folder (outputs/visualize/<date>/<time>, or ``out_dir=``)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from catdog import CatDogError
 from catdog.atlas import explorer_atlas
 from catdog.cli import image_setting, run
 from catdog.model import pick_device
-from catdog.preprocess import image_paths
+from catdog.preprocess import Preprocessing, image_paths
+from catdog.projector import find_projector
 from catdog.views.activations import (
     COMPARE_MAX,
     Figures,
@@ -27,7 +30,8 @@ from catdog.views.activations import (
 from catdog.views.attributions import methods_setting
 from catdog.views.explorer import explorer_data, known_patterns, write_explorer
 from catdog.views.plots import NORMS, save_png
-from catdog.weights import load_weights
+from catdog.views.projector import load_projector
+from catdog.weights import load_weights, weights_fingerprint
 
 
 def visualize(cfg: DictConfig) -> None:
@@ -84,10 +88,32 @@ def visualize(cfg: DictConfig) -> None:
     if pictures:
         title = pictures[0].name if len(pictures) == 1 else f"{len(pictures)} pictures"
         atlas = None if str(cfg.atlas) == "none" else explorer_atlas(model, weights.preprocessing, cfg.ckpt, cfg.atlas)
+        projector = places_in_map(model, weights.preprocessing, str(cfg.ckpt), paths, out_dir)
         data = explorer_data(model, weights.preprocessing, title, weights.source, pictures, cfg.gradcam_layer,
-                             atlas=atlas, off=off, **known_patterns(model))  # fmt: skip
+                             atlas=atlas, off=off, projector=projector, **known_patterns(model))  # fmt: skip
         print(f"wrote {write_explorer(out_dir / 'index.html', data)}")
     print(f"wrote {out_dir}" + (f" ({failed} of {len(paths)} images skipped)" if failed else ""))
+
+
+def places_in_map(model: nn.Module, preprocessing: Preprocessing, ckpt: str, paths: list[Path], out_dir: Path):
+    """Where a projector of these weights is at hand (``python -m catdog.projector``) and holds some of ``paths``: its
+    page, relative to ``out_dir``, and {picture name: its path in the map's data folder}, for the explorer's link to
+    each picture's place in the map; else None."""
+    found = find_projector(ckpt, weights_fingerprint(model, preprocessing.to_dict()))
+    if found is None:
+        return None
+    record = load_projector(found)
+    folder, held = Path(record["data"]).resolve(), {point["path"] for point in record["points"]}
+    points = {}
+    for path in paths:
+        try:
+            inside = path.resolve().relative_to(folder).as_posix()
+        except ValueError:
+            continue
+        if inside in held:
+            points[path.name] = inside
+    href = Path(os.path.relpath(found.with_name("projector.html"), out_dir.resolve())).as_posix()
+    return {"href": href, "points": points} if points else None
 
 
 def main(argv: list[str] | None = None) -> int:

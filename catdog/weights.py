@@ -202,3 +202,19 @@ def read_safetensors(path: Path, label: str | None = None) -> Weights:
     weights = Weights(state, Preprocessing.from_dict(preprocessing, str(path)), source, metadata)
     check_state(CatDogCNN(input_size=weights.preprocessing.image_size), state, str(path))
     return weights
+
+
+def run_folder(spec: str) -> Path | None:
+    """The train.py run a ``ckpt=`` setting points into (``<run>/checkpoints/*.ckpt``), or None: where the atlas and
+    the projector of those weights go."""
+    if spec in ("none", "pretrained"):
+        return None
+    path = newest("checkpoints/best-*.ckpt") if spec == "latest" else Path(spec).expanduser()
+    return path.parent.parent if path is not None and path.parent.name == "checkpoints" else None
+
+
+def weights_fingerprint(model: torch.nn.Module, preprocessing: dict | None) -> str:
+    """What an atlas or a projector is valid for: these weights (``weights_sha256``) seen through this
+    preprocessing."""
+    text = json.dumps({"weights": weights_sha256(model.state_dict()), "preprocessing": preprocessing}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -65,6 +65,16 @@ def write_zip(path: Path, files: dict[str, bytes]) -> Path:
 
 
 @pytest.fixture
+def forked_pool(monkeypatch):
+    """The decoded cache is built by a process pool; a spawned one (the command's) imports catdog for seconds, a
+    forked one does not."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: fork)
+
+
+@pytest.fixture
 def kaggle_files() -> dict[str, bytes]:
     """20 cats and 20 dogs as in Kaggle's train.zip, plus junk that prepare must skip or ignore."""
     files = {f"train/{name}": jpeg_bytes(i, label=label) for i, (name, label) in enumerate(kaggle_names(20).items())}

@@ -132,9 +132,9 @@ def test_memory_is_flat_over_a_thousand_images_and_hooks_are_left_as_found():
 
 
 def test_vgg11_features_atlas(tmp_path):
-    from torchvision.models import vgg11
+    from torchvision.models.vgg import cfgs, make_layers
 
-    features = vgg11(weights=None).features.eval()
+    features = make_layers(cfgs["A"]).eval()  # vgg11(weights=None).features, without its 120 M-weight classifier
     images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     atlas = build_atlas(features, batches(images, torch.arange(6) % 2, 3), k=2, data="random")
     assert len(atlas["layers"]) == 13  # 8 convs and 5 pools

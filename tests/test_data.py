@@ -24,15 +24,6 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 QUIET = dict(enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
 
 
-@pytest.fixture
-def forked_pool(monkeypatch):
-    """The cache is built by a process pool; a spawned one imports for seconds, a forked one does not."""
-    import multiprocessing
-
-    fork = multiprocessing.get_context("fork")
-    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: fork)
-
-
 def cache_files(root) -> list[str]:
     return sorted(p.name for p in (root / ".cache").glob("*.npy") if ".valid" not in p.name)
 

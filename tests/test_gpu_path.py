@@ -108,15 +108,6 @@ def test_parameters_follow_random_affine_distributions():
     assert abs(float(ours["flip"].mean()) - 0.5) < 0.02 and set(ours["flip"].unique().tolist()) == {0.0, 1.0}
 
 
-@pytest.fixture
-def forked_pool(monkeypatch):
-    """The cache is built by a process pool; a spawned one imports for seconds, a forked one does not."""
-    import multiprocessing
-
-    fork = multiprocessing.get_context("fork")
-    monkeypatch.setattr(multiprocessing, "get_context", lambda method=None: fork)
-
-
 def held_and_augmented(image_tree, **settings) -> CatDogDataModule:
     dm = CatDogDataModule(
         root=str(image_tree), source=None, num_workers=0, batch_size=8, cache=True, augment=BOOK, **settings
@@ -291,6 +282,7 @@ def test_nan_loss_is_read_every_check_and_names_its_step():
         module._raise_if_bad()  # as at the epoch's end
 
 
+@pytest.mark.slow  # inductor compiles C++ kernels: seconds with its cache warm, up to a minute without
 def test_compiled_network_gives_the_eager_outputs_and_gradients():
     """torch.compile (inductor, on the CPU) of a small input (46 x 46: the least the four stages take), to keep the
     compilation short (~20-60 s); the forward and one step's gradients equal the eager network's."""

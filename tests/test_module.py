@@ -1,35 +1,45 @@
+import pytest
 import torch
 
 from catdog.fast import FastCatDogCNN
 from catdog.module import CatDogModule, KerasRMSprop
 
 
-def test_keras_rmsprop_matches_the_keras_formula():
+def test_keras_rmsprop_agrees_with_torch_rmsprop_without_eps_and_puts_eps_inside_the_root():
+    """Keras's update is ``p -= lr * g / sqrt(v + eps)``; torch's RMSprop divides by ``sqrt(v) + eps``. With eps 0
+    the two are one algorithm (weight decay included); with Keras's eps of 1e-7 they part where gradients are tiny."""
     torch.manual_seed(0)
-    p = torch.randn(5, requires_grad=True)
-    reference, velocity = p.detach().clone(), torch.zeros(5)
-    opt = KerasRMSprop([p], lr=1e-2, rho=0.9, eps=1e-7)
-    for _ in range(3):
-        grad = torch.randn(5) * 1e-4  # tiny gradients: where eps inside vs outside the sqrt matters
-        p.grad = grad.clone()
-        opt.step()
-        velocity = 0.9 * velocity + 0.1 * grad**2
-        reference -= 1e-2 * grad / torch.sqrt(velocity + 1e-7)
-    torch.testing.assert_close(p.detach(), reference)
-    torch_opt_p = reference.clone().requires_grad_()
-    torch_opt_p.grad = grad
-    torch.optim.RMSprop([torch_opt_p], lr=1e-2, alpha=0.9, eps=1e-7).step()
-    assert not torch.allclose(torch_opt_p, reference - 1e-2 * grad / torch.sqrt(0.1 * grad**2 + 1e-7))
+    start = torch.randn(6)
+    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
+    keras = KerasRMSprop([ours], lr=1e-2, rho=0.9, eps=0.0, weight_decay=0.01)
+    reference = torch.optim.RMSprop([theirs], lr=1e-2, alpha=0.9, eps=0.0, weight_decay=0.01)
+    for _ in range(4):
+        grad = torch.randn(6)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        keras.step()
+        reference.step()
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(ours, start)
+
+    # the first step from v = 0: v = 0.1 g^2. A large gradient moves a weight by lr / sqrt(0.1) = 3.16 lr whichever
+    # the eps; a tiny one (g^2 << eps) by about lr * |g| / sqrt(eps) under Keras's rule, 100 times less than torch's
+    lr, eps = 1e-3, 1e-7
+    for g, keras_step, torch_step in ((1.0, 3.1623e-3, 3.1623e-3), (1e-5, 3.162e-5, 3.07e-3)):
+        p, q = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+        p.grad, q.grad = torch.full((1,), g), torch.full((1,), g)
+        KerasRMSprop([p], lr=lr, rho=0.9, eps=eps).step()
+        torch.optim.RMSprop([q], lr=lr, alpha=0.9, eps=eps).step()
+        assert float(-p) == pytest.approx(keras_step, rel=1e-3) and float(-q) == pytest.approx(torch_step, rel=1e-2)
 
 
 def test_training_runs_and_checkpoint_reloads_without_config(tmp_path):
     import pytorch_lightning as pl
 
     torch.manual_seed(0)
-    x = torch.rand(40, 3, 150, 150)
+    x = torch.rand(40, 3, 64, 64)
     y = (x[:, 0].mean((1, 2)) > x[:, 2].mean((1, 2))).float()[:, None]
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=20)
-    module = CatDogModule(lr=1e-4)
+    module = CatDogModule(lr=1e-4, input_size=(64, 64))
     trainer = pl.Trainer(
         max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path
     )
@@ -50,6 +60,7 @@ def test_training_runs_and_checkpoint_reloads_without_config(tmp_path):
     hparams = dict(checkpoint["hyper_parameters"])
     del hparams["fast"]
     checkpoint["hyper_parameters"] = {**hparams, "channels_last": True, "relu_after_pool": True}
+    checkpoint["datamodule_hyper_parameters"] = {"image_size": [64, 64]}  # as train.py's runs save it
     torch.save(checkpoint, tmp_path / "old.ckpt")
     old = CatDogModule.load_from_checkpoint(tmp_path / "old.ckpt").eval()
     assert old.hparams.lr == 1e-4 and old.hparams.fast and "relu_after_pool" not in old.hparams

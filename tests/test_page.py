@@ -171,6 +171,7 @@ def test_twenty_real_photos_equal_pytorch(shipped, shipped_page):
         assert_matches(shipped_page, shipped_page.run_pixels(pixels), reference, model)
 
 
+@pytest.mark.slow
 def test_a_folder_page_holds_each_input_losslessly_in_60_kb(browser, shipped, tmp_path):
     weights, model = shipped["weights"], shipped["model"]
     photos = real_photos(6)

@@ -461,3 +461,49 @@ def test_a_page_of_4500_images_is_small_and_quick(browser, tmp_path):
     assert html.stat().st_size <= 15e6
     page, errors, requests = open_page(browser, html)
     assert page.evaluate("projector.readyMs") <= 2000 and errors == [] and len(requests) == 1
+
+
+def test_a_link_to_a_point_centres_the_map_on_it_and_a_click_opens_the_file_in_the_explorer(browser, tmp_path):
+    """The explorer and the atlas link to ``projector.html#point=<path in the data folder>``; the default click goes
+    to ``explorer.html#image=<that path>``, which the explorer written beside the page opens."""
+    record, tiles = small_record()
+    _, html = write_projector(tmp_path, record, tiles, explorer="explorer.html#image={file}")
+    page, errors, _ = open_page(browser, html)
+    page.goto(html.as_uri() + "#point=" + urllib.parse.quote(NAMES[5], safe=""))
+    for _ in range(250):
+        if page.evaluate("Boolean(window.projector && window.projector.ready)"):
+            break
+        page.wait_for_timeout(20)
+    assert page.evaluate("projector.focused") == 5 and page.evaluate("projector.hovered()") == 5
+    centre = "(r => [r.width / 2, r.height / 2])(document.getElementById('map').getBoundingClientRect())"
+    x, y = page.evaluate("projector.screenPosition(5)")
+    box = page.evaluate("(r => [r.left, r.top])(document.getElementById('map').getBoundingClientRect())")
+    assert [x - box[0], y - box[1]] == pytest.approx(page.evaluate(centre), abs=1)
+    expected = "explorer.html#image=" + urllib.parse.quote(NAMES[5], safe=SAFE)
+    assert page.evaluate("projector.explorerLink(5)") == expected
+    page.evaluate("location.hash = '#point=nothing.jpg'")
+    page.wait_for_timeout(100)
+    assert "no image nothing.jpg in this map" in page.text_content("#status")
+    assert errors == []
+
+
+def test_visualize_links_a_picture_to_its_place_in_a_map_of_the_same_weights(tmp_path, monkeypatch, capsys):
+    from catdog.visualize import main as visualize
+    from catdog.weights import load_weights, weights_fingerprint
+    from tests.test_explorer import page_data
+
+    monkeypatch.chdir(tmp_path)
+    data = make_tree(tmp_path / "data", 1, 6)
+    weights = load_weights("pretrained")
+    fp = weights_fingerprint(weights.model(), weights.preprocessing.to_dict())
+    folder = data / "test"
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.jpg"))
+    record, tiles = small_record(len(files), fingerprint=fp)
+    record["data"] = str(folder)
+    for point, name in zip(record["points"], files, strict=True):
+        point["path"] = name
+    write_projector(tmp_path / "outputs" / "projector" / fp[:16], record, tiles)
+    picture = folder / files[1]
+    assert visualize([f"image={picture}", "ckpt=pretrained", "out_dir=v"]) == 0, capsys.readouterr().err
+    link = page_data(tmp_path / "v" / "index.html")["projector"]
+    assert link == {"href": f"../outputs/projector/{fp[:16]}/projector.html", "points": {picture.name: files[1]}}

@@ -47,9 +47,9 @@ def test_catdog_fields_follow_from_the_layers():
 
 
 def vgg11_features() -> nn.Module:
-    from torchvision.models import vgg11
+    from torchvision.models.vgg import cfgs, make_layers
 
-    return vgg11(weights=None).features
+    return make_layers(cfgs["A"])  # vgg11(weights=None).features, without initialising its 120 M-weight classifier
 
 
 def strided_padded_dilated() -> nn.Module:

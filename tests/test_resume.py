@@ -24,7 +24,11 @@ COMMON = ["seed=3", "trainer.deterministic=true", "data.batch_size=4", "test=fal
 COMMON += ["model.ema_decay=0.9", "data.image_size=[46,46]"]
 VARIANTS = {
     "workers": [],  # the defaults: loader workers, snapshots
-    "augment_workers": ["data.augment.hflip=true", "data.augment.rotation=20"],  # each picture, in the workers
+    "augment_workers": [  # each picture, in the workers
+        "data.augment.hflip=true",
+        "data.augment.rotation=20",
+        "callbacks.snapshots=null",
+    ],
     "cache_device": ["data.cache=true", "callbacks.snapshots=null"],
     "augment_cache_device": [  # augmented on the device, whole batches (here the RAM: a CPU run)
         "data.augment.hflip=true",
@@ -34,6 +38,11 @@ VARIANTS = {
         "callbacks.snapshots=null",
     ],
 }
+
+
+@pytest.fixture(autouse=True)
+def fast_cache_builds(forked_pool):
+    """The runs in this process build the decoded cache with a forked pool (see conftest.forked_pool)."""
 
 
 def weights(ckpt) -> dict[str, torch.Tensor]:

@@ -195,7 +195,6 @@ def test_truncated_and_foreign_checkpoints(trained_run, tmp_path, picture, capsy
     assert "not a catdog" in one_line(capsys, f"image={picture}", "ckpt=other.ckpt")
     assert "not found" in one_line(capsys, f"image={picture}", "ckpt=nope.ckpt")
     assert "Could not override" in one_line(capsys, f"image={picture}", "ckpt=none", "nrom=layer")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["my cat.jpg", "other.ckpt", "truncated.ckpt"]  # no output
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):

@@ -35,14 +35,6 @@ GREY = 128  # what a crop shows where its field reaches outside the image (paddi
 CROP_QUALITY = 80  # JPEG quality of the crop sprites: photographs, seen at 64 px
 
 
-def fingerprint(weights_sha256: str, preprocessing: dict | None) -> str:
-    """What an atlas is valid for: these weights seen through this preprocessing."""
-    import hashlib
-
-    text = json.dumps({"weights": weights_sha256, "preprocessing": preprocessing}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 class _LayerTopK:
     """Running state of one layer: top-k values, image ids, positions and crops per channel, class sums, dead counts.
 

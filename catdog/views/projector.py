@@ -24,7 +24,9 @@ from PIL import Image
 from torch import nn
 
 from catdog import CLASSES, CatDogError
+from catdog.files import write_text
 from catdog.hooks import ActivationRecorder
+from catdog.views.pages import data_uri, render_page, shareable, sprite_sheet
 
 FORMAT = "catdog-projector/1"
 METHODS = ("tsne", "umap")
@@ -263,8 +265,6 @@ def projector_record(
 
 def sprite(thumbs: np.ndarray, quality: int = 85) -> dict:
     """The thumbnails as ONE JPEG sprite sheet (tile n at column n % cols, row n // cols) for the page."""
-    from catdog.views.pages import data_uri, sprite_sheet
-
     sheet, cols = sprite_sheet(np.asarray(thumbs, dtype=np.uint8))
     return {"src": data_uri(Image.fromarray(sheet), "JPEG", quality=quality), "cols": cols, "size": thumbs.shape[1]}
 
@@ -274,15 +274,14 @@ def page_data(record: dict, thumbs: np.ndarray, page_dir: Path, explorer: str | 
     and the explorer link template (``{path}``: the image's path from the page's folder, URI-encoded; ``{index}``)."""
     data_dir = Path(record["data"]).resolve() if record["data"] else Path.cwd()
     base = Path(os.path.relpath(data_dir, Path(page_dir).resolve())).as_posix()
-    return {**record, "sprite": sprite(thumbs), "base": base, "explorer": explorer or ""}
+    shown = {**record, "data": shareable(record["data"]), "source": shareable(record["source"])}  # no local folders
+    return {**shown, "sprite": sprite(thumbs), "base": base, "explorer": explorer or ""}
 
 
 def write_projector(
     out_dir: str | os.PathLike, record: dict, thumbs: np.ndarray, explorer: str | None = None
 ) -> tuple[Path, Path]:
     """Write ``projector.json`` and ``projector.html`` (one self-contained offline file) to ``out_dir``."""
-    from catdog.files import write_text
-    from catdog.views.pages import render_page
 
     out = Path(out_dir)
     if len(thumbs) != record["images"]:

@@ -201,8 +201,27 @@
   function explorerLink(i) {
     if (!DATA.explorer) return null;
     const path = (DATA.base && DATA.base !== '.' ? DATA.base + '/' : '') + P[i].path;
-    return DATA.explorer.replace(/\{path\}/g, encodeURIComponent(path)).replace(/\{index\}/g, String(i));
+    return DATA.explorer.replace(/\{path\}/g, encodeURIComponent(path)).replace(/\{index\}/g, String(i))
+      .replace(/\{file\}/g, encodeURIComponent(P[i].path));
   }
+  // #point=<index or the image's path in the data folder>: the view centres on that image, zoomed in, and marks it
+  // (the explorer and the atlas link here)
+  function focus() {
+    const m = /(?:^#|&)point=([^&]+)/.exec(location.hash);
+    if (!m) return -1;
+    const key = decodeURIComponent(m[1]);
+    const i = /^\d+$/.test(key) ? Number(key) : P.findIndex(p => p.path === key || p.path.endsWith('/' + key));
+    if (!(i >= 0 && i < n)) { $('status').textContent = `no image ${key} in this map`; return -1; }
+    const r = canvas.getBoundingClientRect();
+    reset();
+    state.a *= 6;
+    state.bx = r.width / 2 - state.a * wx[i];
+    state.by = r.height / 2 - state.a * wy[i];
+    state.hover = i;
+    request();
+    return i;
+  }
+  window.addEventListener('hashchange', () => { if (sprite) api.focused = focus(); });
   function open(i) {
     const url = explorerLink(i);
     if (url && !/^\s*javascript:/i.test(url)) window.open(url, '_blank', 'noopener');
@@ -310,6 +329,7 @@
   img.onload = () => {
     sprite = img;
     $('status').textContent = '';
+    api.focused = focus();
     draw();
     api.ready = true;
     api.readyMs = performance.now();
