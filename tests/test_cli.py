@@ -13,7 +13,7 @@ from hydra._internal.hydra import Hydra
 from hydra.core.hydra_config import HydraConfig
 
 from catdog import CatDogError
-from catdog.cli import SAMPLES_DIR, compose, image_setting, run, user_error
+from catdog.cli import SAMPLES_DIR, compose, image_setting, run
 from tests.conftest import run_script
 
 COMMANDS = ("train", "visualize", "predict", "evaluate", "atlas", "export", "prepare")
@@ -31,18 +31,32 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def test_every_command_composes_with_the_shared_settings():
-    for name in COMMANDS:
-        cfg = compose(name, ["image=x.jpg"] if name == "predict" else [])
-        assert cfg.debug is False, name  # defined once, in shared/debug.yaml
-        if name in ("visualize", "predict", "evaluate", "atlas", "export"):
-            assert cfg.ckpt == "latest", name
-        if name in ("visualize", "predict", "evaluate", "atlas"):
-            assert cfg.device == "auto", name
-        if name in ("predict", "evaluate"):
-            assert cfg.precision == 32, name
-    assert compose("atlas").data.batch_size == 32 and "batch_size" not in compose("atlas")  # as data.batch_size
-    assert compose("prepare", ["data.source=x.zip"]).data.source == "x.zip" and "source" not in compose("prepare")
+SHARED = {  # a setting defined once (conf/shared/<name>.yaml), and the commands that take it
+    "debug": COMMANDS,
+    "ckpt": ("visualize", "predict", "evaluate", "atlas", "export"),
+    "device": ("visualize", "predict", "evaluate", "atlas"),
+    "precision": ("predict", "evaluate"),
+}
+
+
+def test_shared_settings_are_defined_once_and_every_command_takes_its_own():
+    from omegaconf import OmegaConf
+
+    from catdog.cli import CONF_DIR
+
+    defined: dict[str, list[str]] = {}  # top-level keys: the commands' own files and the _global_ ones
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        if path.parent == CONF_DIR or path.read_text().startswith("# @package _global_"):
+            for key in OmegaConf.load(path):
+                defined.setdefault(str(key), []).append(path.relative_to(CONF_DIR).as_posix())
+    composed = {name: compose(name, ["image=x.jpg"] if name == "predict" else []) for name in COMMANDS}
+    for key, takers in SHARED.items():
+        assert defined[key] == [f"shared/{key}.yaml"], key
+        for name, cfg in composed.items():
+            assert (key in cfg) == (name in takers), (name, key)
+    # the same name for the same setting: the batch and the data source are the data group's, as for training
+    assert "batch_size" not in compose("atlas") and "batch_size" in compose("atlas").data
+    assert "source" not in compose("prepare") and "source" in compose("prepare").data
 
 
 def test_a_run_composes_once_and_gets_its_settings(in_tmp, monkeypatch):
@@ -109,17 +123,6 @@ def test_user_errors_are_one_line_and_tracebacks_come_on_request(in_tmp, capsys,
     assert errors(capsys.readouterr().err) == ["error: image is required: add image=... to the command line"]
 
 
-def test_user_error_mapping():
-    import errno
-    import pickle
-
-    assert user_error(CatDogError("x")) == "x"
-    assert user_error(FileNotFoundError(2, "No such file", "a.jpg")) == "not found: a.jpg"
-    assert user_error(OSError(errno.ENOSPC, "No space left on device")).startswith("no space left on device")
-    assert user_error(pickle.UnpicklingError("x")).startswith("refused to load a checkpoint")
-    assert user_error(ValueError("x")) is None and user_error(KeyError("x")) is None
-
-
 def test_help_and_cfg_flags(in_tmp, capsys):
     from catdog.predict import predict
 
@@ -172,10 +175,10 @@ def test_the_scripts_exit_codes(tmp_path):
 
 
 def test_image_setting_names_the_samples():
-    cat, dog = str(SAMPLES_DIR / "cat.jpg"), str(SAMPLES_DIR / "dog.jpg")
-    assert image_setting("sample:cat") == cat and image_setting("me.jpg") == "me.jpg"
-    assert image_setting(["sample:dog", "me.jpg"]) == [dog, "me.jpg"]
-    assert image_setting(compose("visualize").image) == cat  # visualize's default
+    cat, dog = image_setting("sample:cat"), image_setting("sample:dog")
+    assert Path(cat).is_file() and Path(dog).is_file() and cat != dog
+    assert image_setting("me.jpg") == "me.jpg" and image_setting(["sample:dog", "me.jpg"]) == [dog, "me.jpg"]
+    assert image_setting(compose("visualize").image) == cat  # visualize's default: the sample cat
     with pytest.raises(CatDogError, match="sample:horse: there is no such sample photo; there are sample:cat"):
         image_setting("sample:horse")
 

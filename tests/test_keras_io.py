@@ -3,7 +3,9 @@ weights-only ``.h5``) load through ``load_weights`` and give Keras's output and 
 to float32 precision; other architectures are refused in one line naming the layer.
 
 Keras runs in a subprocess on its PyTorch backend (``python tests/test_keras_io.py DIR``, the ``__main__`` block at
-the end): no TensorFlow, and the test process itself never imports Keras, as a user's would not.
+the end): no TensorFlow, and the test process itself never imports Keras, as a user's would not. That interpreter
+imports Keras and builds a dozen models of the seed's size (about 10 s here), so every test that reads its files is
+marked slow.
 """
 
 from __future__ import annotations
@@ -70,28 +72,34 @@ def assert_matches_keras(path: Path, outputs: Path, size: int = 150) -> None:
         np.testing.assert_allclose(recorder.records[ours].numpy(), keras_nchw, rtol=0, atol=2e-6 * scale)
 
 
+@pytest.mark.slow
 def test_keras_v3_file_matches_keras(keras_dir):
     assert_matches_keras(keras_dir / "seed.keras", keras_dir / "seed.npz")
     assert "keras" not in sys.modules and "tensorflow" not in sys.modules  # read with h5py alone
 
 
+@pytest.mark.slow
 def test_legacy_h5_file_with_dropout_matches_keras(keras_dir):
     assert_matches_keras(keras_dir / "dropout.h5", keras_dir / "dropout.npz")
 
 
+@pytest.mark.slow
 def test_weights_only_h5_file_matches_keras(keras_dir):
     """Keras 2's ``model.save_weights("w.h5")`` layout: no config, the arrays' shapes are checked."""
     assert_matches_keras(keras_dir / "weights_only.h5", keras_dir / "seed.npz")
 
 
+@pytest.mark.slow
 def test_functional_model_with_its_own_layer_names_matches_keras(keras_dir):
     assert_matches_keras(keras_dir / "functional.keras", keras_dir / "functional.npz")
 
 
+@pytest.mark.slow
 def test_input_size_comes_from_the_config(keras_dir):
     assert_matches_keras(keras_dir / "size180.keras", keras_dir / "size180.npz", size=180)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "message"),
     [
@@ -110,6 +118,7 @@ def test_other_architectures_are_refused_naming_the_layer(keras_dir, name, messa
     assert str(info.value) == f"{path}: {message}"
 
 
+@pytest.mark.slow
 def test_weights_only_h5_of_another_architecture_is_refused_by_shape(keras_dir, tmp_path):
     path = tmp_path / "w.h5"
     shutil.copy(keras_dir / "weights_only.h5", path)
@@ -151,6 +160,7 @@ def test_files_that_are_not_keras_models_are_refused(tmp_path):
         assert str(info.value) == f"{path} {message}"
 
 
+@pytest.mark.slow
 def test_truncated_keras_file_is_refused_in_one_line(keras_dir, tmp_path):
     path = tmp_path / "cut.keras"
     path.write_bytes((keras_dir / "seed.keras").read_bytes()[:100_000])
@@ -159,6 +169,7 @@ def test_truncated_keras_file_is_refused_in_one_line(keras_dir, tmp_path):
     assert str(info.value).startswith(f"{path} ") and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_export_command_takes_a_keras_file_and_refuses_a_wrong_one(keras_dir, tmp_path, monkeypatch, capsys):
     """End to end: ``catdog-export ckpt=seed.keras`` gives an ONNX model whose output is Keras's."""
     ort = pytest.importorskip("onnxruntime")
@@ -300,6 +311,7 @@ if __name__ == "__main__":
     make_keras_files(Path(sys.argv[1]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["seed.keras", "dropout.h5"])
 def test_the_explorer_page_of_the_keras_seed_runs_it_as_keras(keras_dir, tmp_path, monkeypatch, name):
     """format=html of the seed's .keras file (and of the book's dropout model saved as .h5): in the page (headless

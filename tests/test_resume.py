@@ -77,7 +77,9 @@ def uninterrupted(data, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize(  # the defaults' snapshots cost seconds a run: that variant is checked in the slow lane
+    "variant", [pytest.param(v, marks=pytest.mark.slow) if v == "workers" else v for v in VARIANTS]
+)
 def test_resumed_at_an_epoch_end_equals_uninterrupted(variant, data, uninterrupted, tmp_path, capsys):
     settings = [f"data.root={data}", *COMMON, *VARIANTS[variant]]
     assert train(*settings, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'first'}") == 0

@@ -22,6 +22,7 @@ def test_the_shipped_weights_are_package_data_with_their_record():
     assert sum(v.numel() for v in weights.state_dict.values()) == 3_453_121
 
 
+@pytest.mark.slow  # 300 photos decoded and scored at 150 x 150
 @pytest.mark.skipif(not SHARED_TRAIN.is_dir(), reason="needs the Kaggle training images beside the repository")
 def test_the_shipped_weights_classify_the_test_split(tmp_path):
     """300 images of the default 80/20 split's test part (what ``catdog.prepare`` makes of the Kaggle folder)."""

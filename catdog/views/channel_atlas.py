@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from catdog import CLASSES, CatDogError
-from catdog.files import write_text
+from catdog.files import read_record, write_text
 from catdog.hooks import ActivationRecorder
 from catdog.views.pages import data_uri, render_page, shareable, sprite_sheet
 from catdog.views.receptive import receptive_fields
@@ -275,23 +275,6 @@ def write_atlas(out_dir: str | os.PathLike, atlas: dict, links: dict | None = No
 
 
 def load_atlas(path: str | os.PathLike, expected: str | None = None) -> dict:
-    """Read ``atlas.json`` (or the folder holding it). ``expected``: the fingerprint of the weights and preprocessing
-    in use; an atlas made for others is refused in one line."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = path / "atlas.json"
-    try:
-        atlas = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise CatDogError(f"atlas {path} not found; make one: python -m catdog.atlas") from err
-    except (OSError, ValueError) as err:
-        raise CatDogError(f"cannot read atlas {path}: not an atlas.json ({err})") from err
-    if not isinstance(atlas, dict) or atlas.get("format") != FORMAT:
-        found = atlas.get("format") if isinstance(atlas, dict) else None
-        raise CatDogError(f"{path} is not a catdog atlas (format {found!r})")
-    if expected is not None and atlas.get("fingerprint") != expected:
-        raise CatDogError(
-            f"atlas {path} was made for other weights or preprocessing ({atlas.get('source')}); "
-            "make one for this checkpoint with python -m catdog.atlas ckpt=..."
-        )
-    return atlas
+    """Read ``atlas.json`` (or the folder holding it); ``expected``: the fingerprint of the weights and preprocessing
+    in use (``catdog.files.read_record``)."""
+    return read_record(path, "atlas", FORMAT, expected)

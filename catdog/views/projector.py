@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from catdog import CLASSES, CatDogError
-from catdog.files import write_text
+from catdog.files import read_record, write_text
 from catdog.hooks import ActivationRecorder
 from catdog.views.pages import data_uri, render_page, shareable, sprite_sheet
 
@@ -294,23 +294,6 @@ def write_projector(
 
 
 def load_projector(path: str | os.PathLike, expected: str | None = None) -> dict:
-    """Read ``projector.json`` (or the folder holding it). ``expected``: the fingerprint of the weights and
-    preprocessing in use; a projector made for others is refused in one line."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        path = path / "projector.json"
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise CatDogError(f"projector {path} not found; make one: python -m catdog.projector") from err
-    except (OSError, ValueError) as err:
-        raise CatDogError(f"cannot read projector {path}: not a projector.json ({err})") from err
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        found = record.get("format") if isinstance(record, dict) else None
-        raise CatDogError(f"{path} is not a catdog projector (format {found!r}, expected {FORMAT!r})")
-    if expected is not None and record.get("fingerprint") != expected:
-        raise CatDogError(
-            f"projector {path} was made for other weights or preprocessing ({record.get('source')}); "
-            "make one for this checkpoint with python -m catdog.projector ckpt=..."
-        )
-    return record
+    """Read ``projector.json`` (or the folder holding it); ``expected``: the fingerprint of the weights and
+    preprocessing in use (``catdog.files.read_record``)."""
+    return read_record(path, "projector", FORMAT, expected)
