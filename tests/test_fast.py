@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catdog.fast import FastCatDogCNN, fast, max_pool_nhwc, relu_max_pool
+from catdog.fast import FastCatDogCNN, IndexFreeMaxPool2d, fast, max_pool_nhwc, recordable, relu_max_pool
 from catdog.hooks import ActivationRecorder
 from catdog.model import CatDogCNN
 from catdog.module import KerasRMSprop
@@ -135,3 +135,22 @@ def test_fast_refuses_a_network_it_cannot_rearrange():
     late.add_module("extra", nn.MaxPool2d(1))
     with pytest.raises(ValueError, match="extra is not a ConvReLU"):
         fast(late)
+
+
+def test_recordable_records_what_the_plain_model_records_with_index_free_pools():
+    """The atlas and the projector record through ``recordable(model)``: the same layers and names, hooks firing on
+    every conv (after its ReLU) and pool, the same values as the plain model's."""
+    torch.manual_seed(0)
+    model = CatDogCNN(input_size=(64, 64)).eval()
+    x = torch.rand(3, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    fast_layers = recordable(model)
+    assert [n for n, _ in fast_layers.named_children()] == [n for n, _ in model.named_children()]
+    assert isinstance(fast_layers.pool1, IndexFreeMaxPool2d) and fast_layers.conv1 is model.conv1
+    with ActivationRecorder(model) as plain, torch.no_grad():
+        expected = model(x)
+    with ActivationRecorder(fast_layers) as recorded, torch.no_grad():
+        got = fast_layers(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert list(recorded.records) == list(plain.records)
+    for name, record in plain.records.items():
+        torch.testing.assert_close(recorded.records[name], record, rtol=0, atol=1e-6)

@@ -15,6 +15,7 @@ from catdog.data.augment import AugmentedIndices, BatchAffine
 from catdog.data.cache import CachedIndices
 from catdog.data.loading import SeededSamples
 from catdog.module import CatDogModule, RunningLossBar, set_tf32
+from tests.conftest import stop_workers
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 BOOK = {"hflip": True, "rotation": 40, "shift": 0.2, "zoom": 0.2, "shear": 10}  # experiment=best's augmentation
@@ -185,6 +186,7 @@ def test_augmentation_runs_where_the_pictures_are(image_tree, forked_pool, devic
     loader = files.train_dataloader()
     assert files.pixels is None and isinstance(loader.dataset, SeededSamples) and loader.num_workers == 1
     x, y, skipped = files.on_after_batch_transfer(next(iter(loader)), 0)
+    stop_workers(loader)
     assert x.shape == (8, 3, 150, 150) and y.shape == (8, 1) and skipped == 0
 
 

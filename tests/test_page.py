@@ -268,6 +268,7 @@ def test_photos_the_browser_decodes_score_as_catdog_predict(shipped, shipped_pag
     assert close.mean() >= 0.99 and same.mean() >= 0.99
 
 
+@pytest.mark.slow  # a page of its own and a walk through it: the fast lane keeps the numerical checks
 def test_any_sequential_cnn_and_a_smaller_catdog(browser, tmp_path):
     torch.manual_seed(1)
     odd = nn.Sequential(
@@ -306,6 +307,7 @@ def test_a_page_responds_while_the_network_runs(shipped_page):
     assert latency < 100
 
 
+@pytest.mark.slow
 def test_bad_files_and_a_refused_webcam_are_one_line_and_the_picture_stays(browser, shipped):
     opened = Opened(browser, shipped["path"])
     page = opened.page
@@ -328,6 +330,7 @@ def test_bad_files_and_a_refused_webcam_are_one_line_and_the_picture_stays(brows
     page.close()
 
 
+@pytest.mark.slow
 def test_a_photo_and_the_fake_webcam_run_offline(browser, shipped):
     opened = Opened(browser, shipped["path"])
     page = opened.page
@@ -346,6 +349,7 @@ def test_a_photo_and_the_fake_webcam_run_offline(browser, shipped):
     page.close()
 
 
+@pytest.mark.slow
 def test_links_keys_and_the_channel_detail(browser, shipped):
     opened = Opened(browser, shipped["path"], "#conv3/17")
     page = opened.page
@@ -365,6 +369,7 @@ def test_links_keys_and_the_channel_detail(browser, shipped):
     page.close()
 
 
+@pytest.mark.slow
 def test_the_page_shows_the_attributions_python_made_for_its_pictures(browser, shipped, tmp_path):
     weights, model = shipped["weights"], shipped["model"]
     pixels = np.asarray(weights.preprocessing.image(SAMPLES / "dog.jpg"))
@@ -377,6 +382,7 @@ def test_the_page_shows_the_attributions_python_made_for_its_pictures(browser, s
     opened.page.close()
 
 
+@pytest.mark.slow
 def test_a_link_to_a_picture_opens_it_from_the_folder_the_user_opens(browser, shipped, tmp_path):
     """An atlas crop or a projector point links to ``explorer.html#image=cats/c.jpg``: the page asks for the folder
     (a page opened from disk cannot read the user's files by itself), then shows that picture."""

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import REPO, make_tree, train
+from tests.conftest import REPO, make_tree, stop_workers, train
 
 # 4 steps per epoch; dropout and the weights' moving average as experiment=best has them; the least image size the
 # network takes (bit-for-bit equality does not depend on it)
@@ -119,6 +119,7 @@ def test_loader_resumed_mid_epoch_gives_the_rest_of_that_epoch(image_tree):
         torch.testing.assert_close(got[1], want[1], rtol=0, atol=0)
     resumed.sampler.set_epoch(2)  # the next epoch is whole again
     assert len(list(resumed)) == 12
+    stop_workers(straight, resumed)
 
 
 def start_training(tmp_path, data, run_dir: str) -> subprocess.Popen:
