@@ -21,7 +21,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case a plugin imported torch first
+THREADS = int(os.environ["OMP_NUM_THREADS"])
+torch.set_num_threads(THREADS)  # in case a plugin imported torch first
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +63,15 @@ def write_zip(path: Path, files: dict[str, bytes]) -> Path:
         for name, data in files.items():
             archive.writestr(name, data)
     return path
+
+
+@pytest.fixture(autouse=True)
+def same_threads() -> Iterator[None]:
+    """Every test starts on ``THREADS`` threads, as the scripts the tests start do: a command run in this process may
+    set its own (catdog-projector, catdog-atlas: ``threads=``), and sums split over other thread counts round
+    differently (a resumed run compared bit for bit with an uninterrupted one)."""
+    yield
+    torch.set_num_threads(THREADS)
 
 
 def stop_workers(*loaders) -> None:
@@ -164,3 +174,4 @@ def trained_run(tmp_path_factory) -> Path:
     assert code == 0, err.getvalue()[-3000:]
     assert "Total params: 504,001" in out.getvalue()  # fc1 takes 128 x 2 x 2
     return run_dir
+
