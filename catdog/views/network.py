@@ -135,7 +135,7 @@ def describe(model: nn.Module, preprocessing: Preprocessing, gradcam: str | None
 def pack_weights(model: nn.Module, network: dict) -> dict:
     """The tensors the description names, as one zlib stream of byte planes in base64 (``web/worker.js`` reads it):
     float32, except dense weights with more than ``HALF_ABOVE`` elements, which travel as float16 to keep a page of
-    the shipped weights under 10 MB (their logit moves by about 1e-4: tests/test_page_numbers.py)."""
+    the shipped weights under 10 MB (their logit moves by about 1e-4: tests/test_page.py)."""
     state = model.state_dict()
     tensors, chunks, offset = [], [], 0
     for layer in network["layers"]:

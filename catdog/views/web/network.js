@@ -266,7 +266,7 @@ const Network = (() => {
     return x;
   }
 
-  return {forward, gradient, gradcam, switchOff, upsample, toInput};
+  return {forward, gradient, gradcam, switchOff, toInput};
 })();
 
 if (typeof module !== 'undefined') module.exports = Network;

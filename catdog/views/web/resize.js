@@ -78,7 +78,7 @@ const Resize = (() => {
 
   // RGBA pixels (w x h) -> RGBA pixels (outW x outH), as Pillow's ImagingResampleInner. Pillow 13 runs the
   // vertical pass first when it shrinks the height and 2 * (outW - w) > outH - h (measured on every filter:
-  // tests/test_page_numbers.py); older Pillows always run the horizontal pass first.
+  // tests/test_page.py); older Pillows always run the horizontal pass first.
   function resample(rgba, w, h, outW, outH, filter) {
     if (VERTICAL_FIRST && outH < h && outW !== w && 2 * (outW - w) > outH - h) {
       const tall = pass(rgba, w, h, w, outH, coefficients(h, outH, filter), false, 0);
@@ -127,7 +127,7 @@ const Resize = (() => {
     return rgb;
   }
 
-  return {toRGB, interpolations: ['nearest', ...Object.keys(FILTERS)], setVerticalFirst: v => { VERTICAL_FIRST = v; }};
+  return {toRGB, setVerticalFirst: v => { VERTICAL_FIRST = v; }};
 })();
 
 if (typeof module !== 'undefined') module.exports = Resize;
