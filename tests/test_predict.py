@@ -86,18 +86,3 @@ def test_the_sample_photos_by_name(tmp_path, capsys):
     assert float(table[0]["p_dog"]) < 0.01 and float(table[1]["p_dog"]) > 0.99
     assert main(["image=sample:cow", "ckpt=pretrained", f"out={out}"]) == 2
     assert "there is no such sample photo" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_the_recorded_forward_pass_runs_on_cuda_and_records_land_on_the_cpu(tmp_path):
-    from catdog.preprocess import Preprocessing
-    from catdog.views.activations import Figures, visualize_image
-
-    path = tmp_path / "a.jpg"
-    path.write_bytes(jpeg_bytes(1))
-    torch.manual_seed(0)
-    model = CatDogCNN().eval()
-    on_cpu, _ = visualize_image(model, path, tmp_path / "cpu", Preprocessing(), Figures(), "none")
-    on_gpu, _ = visualize_image(model.cuda(), path, tmp_path / "gpu", Preprocessing(), Figures(), "none")
-    assert abs(on_cpu["prediction"]["p_dog"] - on_gpu["prediction"]["p_dog"]) < 1e-4
-    assert on_gpu["layers"]["conv1"]["shape"] == [32, 148, 148]
