@@ -4,7 +4,6 @@ CUDA is absent; ``pytest tests/test_cuda.py`` on a GPU machine runs them all."""
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -17,6 +16,7 @@ import catdog.predict
 import catdog.visualize
 from catdog.model import pick_device
 from tests.conftest import TRAINED_SIZE, make_tree, train
+from tests.test_predict import rows
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 GPU = "cuda"  # what device=auto must pick here
@@ -42,8 +42,7 @@ def shipped(device: str) -> list[str]:
 
 
 def p_dog(path) -> list[float]:
-    with open(path, newline="") as f:
-        return [float(row["p_dog"]) for row in csv.DictReader(f)]
+    return [float(row["p_dog"]) for row in rows(path)]
 
 
 def test_predict_and_evaluate_run_on_the_gpu_and_agree_with_the_cpu(tmp_path, image_tree, picked):
